@@ -1,0 +1,1 @@
+"""Benchmarks (ROS-free): each writes JSON and, optionally, a PNG plot."""

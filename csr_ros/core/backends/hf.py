@@ -1,0 +1,124 @@
+"""In-process Hugging Face causal-LM backend (the embedded SmolLM2, any local folder, or a named
+randomly initialised shape for tests and latency benchmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from csr_ros.core import attention
+from csr_ros.core.backends.embedded import ModelNotAvailable, resolve_model_dir
+from csr_ros.core.kv_state import KVState
+from csr_ros.core.template import PromptTemplate, template_from_tokenizer
+from csr_ros.core.tokenizer import ByteTokenizer
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"unknown dtype {name!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; otherwise the named device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available")
+    return dev
+
+
+@dataclass
+class HFBackend:
+    """A loaded model + tokenizer; hands out KV states that share the weights.
+
+    Attributes:
+        name: model name for reports.
+        model: the causal LM (eval mode, no grad).
+        tokenizer: HF tokenizer or :class:`ByteTokenizer`.
+        template: prompt template derived from the tokenizer.
+    """
+
+    name: str
+    model: torch.nn.Module
+    tokenizer: object
+    template: PromptTemplate
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_ids(self) -> set[int]:
+        ids = set()
+        for src in (getattr(self.tokenizer, "eos_token_id", None),
+                    getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)):
+            if isinstance(src, int):
+                ids.add(src)
+            elif isinstance(src, (list, tuple)):
+                ids.update(int(i) for i in src)
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens added (callers render them explicitly)."""
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+    def new_state(self) -> KVState:
+        return KVState(self.model, self.device)
+
+    def bos_ids(self) -> list[int]:
+        """BOS token when the model's tokenizer adds one, else nothing."""
+        ids = self.tokenizer.encode("x", add_special_tokens=True)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return [bos] if bos is not None and ids and ids[0] == bos else []
+
+
+def _finish(model: torch.nn.Module, attn: str) -> torch.nn.Module:
+    model.eval()
+    model.requires_grad_(False)
+    if attn == "csr":
+        model.set_attn_implementation(attention.register())
+    elif attn != "default":
+        model.set_attn_implementation(attn)
+    return model
+
+
+def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
+            attn: str = "csr", trust_remote_code: bool = False) -> HFBackend:
+    """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = resolve_model_dir(model)
+    dev, dt = pick_device(device), parse_dtype(dtype)
+    if not any(path.glob("*.safetensors")):
+        raise ModelNotAvailable(f"{path} has no .safetensors weights (pickled weights are refused)")
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    lm = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=dt, use_safetensors=True, trust_remote_code=trust_remote_code,
+        attn_implementation="sdpa",
+    ).to(dev)
+    name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
+    return HFBackend(name, _finish(lm, attn), tok, template_from_tokenizer(tok), dev, dt)
+
+
+def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
+               attn: str = "csr", seed: int = 0) -> HFBackend:
+    """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
+    from transformers import AutoModelForCausalLM
+
+    from csr_ros.core.backends.shapes import shape_config
+
+    cfg = shape_config(shape)
+    dev, dt = pick_device(device), parse_dtype(dtype)
+    torch.manual_seed(seed)
+    with torch.device(dev):
+        lm = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation="sdpa")
+    tok = ByteTokenizer(cfg.vocab_size)
+    return HFBackend(f"random-{shape}", _finish(lm, attn), tok, template_from_tokenizer(tok), dev, dt)

@@ -1,0 +1,368 @@
+"""The KV state: the only code in csr_ros that touches a transformers Cache.
+
+Physical layout of the cache (batch 1)::
+
+    slots [0, S)          the state: exactly the ledger's tokens, in order
+    slots [S, S + T)      the tail: tokens of open *branches* (language requests, scoring prompts)
+
+A branch is a transient continuation of the state: it attends to the state's first ``horizon``
+tokens (the state length when it was opened), to its ancestors' tokens and to its own. Branches
+live only in the tail, so "crop back to the state" is removing tail slots, and queries never
+pollute the state. Many branches advance in ONE forward with a 4-D mask, sharing the state prefix
+without copying it (cross-task KV sharing + continuous batching). When no other branch is in the
+way, appends run mask-free through :mod:`csr_ros.core.attention` (lower-right causal).
+
+Positions are explicit (``position_ids``) everywhere, so a token's rotary position is its logical
+index in its own sequence, whatever its physical slot (see transformers issue #36151).
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass
+class Branch:
+    """An open continuation of the state (bookkeeping only; its KV lives in the tail)."""
+
+    bid: int
+    horizon: int  # state tokens it attends to
+    base_pos: int  # logical position of its first token
+    parent: int | None
+    ids: list[int] = field(default_factory=list)
+
+    @property
+    def next_pos(self) -> int:
+        return self.base_pos + len(self.ids)
+
+
+@dataclass
+class StepOut:
+    """Output rows of one forward.
+
+    Attributes:
+        logits: ``[rows, vocab]`` float32 next-token logits of the requested rows.
+        hidden: ``[hidden_size]`` final-norm hidden state of the last token (when requested).
+    """
+
+    logits: torch.Tensor
+    hidden: torch.Tensor | None = None
+
+
+def new_cache(config) -> DynamicCache:
+    """An empty dynamic cache for ``config`` (API differs slightly across transformers 5.x)."""
+    try:
+        return DynamicCache(config=config)
+    except TypeError:  # pragma: no cover - older signature
+        return DynamicCache()
+
+
+class KVState:
+    """A model's KV cache for one state plus its open branches.
+
+    Not thread-safe: one owner thread drives it (the inference frame loop, or the reconciler
+    while it builds a fresh state that it then hands over).
+    """
+
+    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None):
+        self._model = model
+        self._base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+        self._head = model.get_output_embeddings()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        params = inspect.signature(self._base.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._cache = new_cache(model.config)
+        self._state: list[int] = []
+        self._tail_owner: list[int] = []  # branch id of each tail slot
+        self._branches: dict[int, Branch] = {}
+        self._next_bid = 0
+        self.forwards = 0  # number of model forwards run (for tests/benchmarks)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def length(self) -> int:
+        """Number of state tokens held (excludes branch tokens)."""
+        return len(self._state)
+
+    @property
+    def physical_length(self) -> int:
+        """Tokens physically in the cache (state + tail)."""
+        return len(self._state) + len(self._tail_owner)
+
+    def token_ids(self) -> list[int]:
+        """The state's token ids (must equal the ledger's)."""
+        return list(self._state)
+
+    def cache_seq_length(self) -> int:
+        """Sequence length reported by the underlying Cache object."""
+        return int(self._cache.get_seq_length())
+
+    def open_branches(self) -> list[int]:
+        return list(self._branches)
+
+    # --------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def _forward(
+        self,
+        ids: Sequence[int],
+        positions: Sequence[int],
+        mask: torch.Tensor | None,
+        logit_rows: Sequence[int],
+        want_hidden: bool = False,
+    ) -> StepOut:
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
+        out = self._base(
+            input_ids=input_ids,
+            position_ids=pos,
+            attention_mask=mask,
+            use_cache=True,
+            **{self._cache_kw: self._cache},
+        )
+        self.forwards += 1
+        h = out.last_hidden_state[0]
+        rows = torch.tensor(list(logit_rows), dtype=torch.long, device=h.device)
+        logits = self._head(h.index_select(0, rows)).float() if len(logit_rows) else h.new_zeros(0)
+        return StepOut(logits=logits, hidden=h[-1].float().clone() if want_hidden else None)
+
+    # ----------------------------------------------------------- tail moves
+    def _take_tail(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Detach the tail's K/V (small) and crop the cache back to the state."""
+        t = len(self._tail_owner)
+        if t == 0:
+            return []
+        s = len(self._state)
+        saved = [(l.keys[..., s:, :].clone(), l.values[..., s:, :].clone()) for l in self._cache.layers]
+        self._cache.crop(-t)
+        return saved
+
+    def _restore_length(self, length: int) -> None:
+        for layer in self._cache.layers:
+            if getattr(layer, "keys", None) is not None and layer.keys.numel() and layer.keys.shape[-2] > length:
+                layer.keys = layer.keys[..., :length, :]
+                layer.values = layer.values[..., :length, :]
+
+    def _put_tail(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        for layer, (k, v) in zip(self._cache.layers, saved):
+            layer.keys = torch.cat([layer.keys, k], dim=-2)
+            layer.values = torch.cat([layer.values, v], dim=-2)
+
+    # ----------------------------------------------------------- state ops
+    def append(self, ids: Sequence[int], want_hidden: bool = False) -> StepOut:
+        """Append state tokens (one forward). Open branches keep their KV and horizon.
+
+        Returns the last token's logits ``[1, vocab]`` (and hidden state when asked).
+        """
+        if not ids:
+            raise ValueError("append() needs at least one token")
+        s = len(self._state)
+        saved = self._take_tail()
+        try:
+            out = self._forward(ids, range(s, s + len(ids)), None, [len(ids) - 1], want_hidden)
+        except Exception:
+            self._restore_length(s)  # a forward that failed half-way may have grown some layers
+            self._put_tail(saved)
+            raise
+        self._state.extend(int(i) for i in ids)
+        self._put_tail(saved)
+        return out
+
+    def prefill(self, ids: Sequence[int], chunk_tokens: int = 1024, should_stop=None) -> StepOut | None:
+        """Append a long token list in chunks (bounded activation memory).
+
+        ``should_stop()`` is polled between chunks; when it returns True the prefill stops early
+        (the state then holds only the chunks done so far) and None is returned.
+        """
+        out = None
+        for start in range(0, len(ids), chunk_tokens):
+            if should_stop is not None and should_stop():
+                return None
+            out = self.append(ids[start:start + chunk_tokens])
+        return out
+
+    def truncate(self, length: int) -> None:
+        """Remove state tokens after ``length`` (rollback). Not allowed while branches are open."""
+        if self._branches:
+            raise RuntimeError("truncate() with open branches would corrupt their horizon")
+        if not 0 <= length <= len(self._state):
+            raise ValueError(f"cannot truncate a {len(self._state)}-token state to {length}")
+        if length < len(self._state):
+            self._cache.crop(-(len(self._state) - length))
+            del self._state[length:]
+
+    # -------------------------------------------------------------- branches
+    def _new_branch(self, parent: int | None) -> Branch:
+        if parent is None:
+            b = Branch(self._next_bid, len(self._state), len(self._state), None)
+        else:
+            p = self._branches[parent]
+            b = Branch(self._next_bid, p.horizon, p.next_pos, parent)
+        self._next_bid += 1
+        self._branches[b.bid] = b
+        return b
+
+    def _lineage(self, bid: int) -> set[int]:
+        out, cur = set(), bid
+        while cur is not None:
+            out.add(cur)
+            cur = self._branches[cur].parent
+        return out
+
+    def _mask(self, feed_owner: list[int]) -> torch.Tensor | None:
+        """Boolean ``[1, 1, q, kv]`` mask for new tokens owned by ``feed_owner`` (None if causal)."""
+        s = len(self._state)
+        owners = self._tail_owner + feed_owner
+        kinds = set(feed_owner)
+        if len(kinds) == 1:
+            (b,) = kinds
+            lineage = self._lineage(b)
+            if self._branches[b].horizon == s and all(o in lineage for o in self._tail_owner):
+                return None  # everything before is visible: plain lower-right causal
+        q, kv = len(feed_owner), s + len(owners)
+        owner_t = torch.tensor(owners, dtype=torch.long)
+        mask = torch.zeros(q, kv, dtype=torch.bool)
+        for b in kinds:
+            rows = torch.tensor([i for i, o in enumerate(feed_owner) if o == b])
+            allowed = torch.zeros(kv, dtype=torch.bool)
+            allowed[: self._branches[b].horizon] = True
+            lin = torch.tensor(sorted(self._lineage(b)))
+            allowed[s:] = torch.isin(owner_t, lin)
+            mask[rows] = allowed
+        causal = torch.arange(kv)[None, :] <= (torch.arange(q) + s + len(self._tail_owner))[:, None]
+        return (mask & causal)[None, None].to(self.device)
+
+    def _feed(self, feeds: list[tuple[int, list[int]]], logit_rows_of: dict[int, list[int]]) -> dict[int, torch.Tensor]:
+        """One forward over several branches' new tokens; returns logits per branch."""
+        ids, pos, owner, rows, where = [], [], [], [], {}
+        for bid, toks in feeds:
+            b = self._branches[bid]
+            for k, t in enumerate(toks):
+                ids.append(int(t))
+                pos.append(b.next_pos + k)
+                owner.append(bid)
+            first = len(ids) - len(toks)
+            want = logit_rows_of.get(bid, [len(toks) - 1])
+            where[bid] = (len(rows), len(want))
+            rows.extend(first + r for r in want)
+        out = self._forward(ids, pos, self._mask(owner), rows)
+        for bid, toks in feeds:
+            self._branches[bid].ids.extend(int(t) for t in toks)
+        self._tail_owner.extend(owner)
+        return {bid: out.logits[a:a + n] for bid, (a, n) in where.items()}
+
+    def open_branch(self, prompt_ids: Sequence[int], parent: int | None = None) -> tuple[int, torch.Tensor]:
+        """Open a branch with ``prompt_ids``; returns ``(branch id, last logits [vocab])``."""
+        b = self._new_branch(parent)
+        try:
+            logits = self._feed([(b.bid, list(prompt_ids))], {})[b.bid]
+        except Exception:
+            del self._branches[b.bid]
+            raise
+        return b.bid, logits[-1]
+
+    def step(self, feeds: dict[int, int]) -> dict[int, torch.Tensor]:
+        """Advance several branches by one token each in ONE forward.
+
+        Args:
+            feeds: branch id -> the token to append (usually the one it just generated).
+        Returns:
+            branch id -> next-token logits ``[vocab]``.
+        """
+        res = self._feed([(bid, [tok]) for bid, tok in feeds.items()], {})
+        return {bid: lg[-1] for bid, lg in res.items()}
+
+    def close_branch(self, bid: int) -> None:
+        """Remove a branch and its descendants; the state is untouched."""
+        doomed = {d for d in self._branches if bid in self._lineage(d)}
+        for d in doomed:
+            del self._branches[d]
+        keep = [i for i, o in enumerate(self._tail_owner) if o not in doomed]
+        if len(keep) == len(self._tail_owner):
+            return
+        s = len(self._state)
+        if keep == list(range(len(keep))):  # removed slots are the last ones: a crop
+            self._cache.crop(-(len(self._tail_owner) - len(keep)))
+        else:
+            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+            for layer in self._cache.layers:
+                layer.keys = torch.cat([layer.keys[..., :s, :], layer.keys[..., s:, :].index_select(-2, idx)], -2)
+                layer.values = torch.cat([layer.values[..., :s, :], layer.values[..., s:, :].index_select(-2, idx)], -2)
+        self._tail_owner = [self._tail_owner[i] for i in keep]
+
+    def append_and_open(self, state_ids: Sequence[int], prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
+        """Append pending state tokens AND open a branch on top, in one forward when possible.
+
+        One forward is the cheapest path when increments and a query are both waiting; it is
+        only possible when no other branch is open (otherwise it falls back to two forwards).
+        Returns ``(branch id, last logits [vocab])``.
+        """
+        if not state_ids:
+            return self.open_branch(prompt_ids)
+        if self._branches:
+            self.append(state_ids)
+            return self.open_branch(prompt_ids)
+        s, n, m = len(self._state), len(state_ids), len(prompt_ids)
+        ids = list(state_ids) + list(prompt_ids)
+        out = self._forward(ids, range(s, s + n + m), None, [n + m - 1])
+        self._state.extend(int(i) for i in state_ids)
+        b = self._new_branch(None)
+        b.ids.extend(int(t) for t in prompt_ids)
+        self._tail_owner.extend([b.bid] * m)
+        return b.bid, out.logits[-1]
+
+    # -------------------------------------------------------------- scoring
+    def score(self, prompt_ids: Sequence[int], candidates: Sequence[Sequence[int]]) -> list[float]:
+        """Log-likelihood of each candidate continuation after the state + ``prompt_ids``.
+
+        One forward: the prompt is a branch, every candidate a child branch of it; the state is
+        shared, never copied. Everything is closed afterwards.
+        Returns: summed log-probabilities (natural log), one per candidate.
+        """
+        if not candidates or any(len(c) == 0 for c in candidates):
+            raise ValueError("score() needs non-empty candidates")
+        p = self._new_branch(None)
+        try:
+            feeds = [(p.bid, list(prompt_ids))]
+            rows = {p.bid: [len(prompt_ids) - 1]}
+            kids = []
+            base = p.next_pos + len(prompt_ids)
+            for c in candidates:
+                k = Branch(self._next_bid, p.horizon, base, p.bid)
+                self._next_bid += 1
+                self._branches[k.bid] = k
+                kids.append(k.bid)
+                feeds.append((k.bid, list(c)))
+                rows[k.bid] = list(range(len(c) - 1))
+            logits = self._feed([f for f in feeds if f[1]], {b: r for b, r in rows.items()})
+            first = torch.log_softmax(logits[p.bid][-1], -1)
+            scores = []
+            for kid, c in zip(kids, candidates):
+                lp = float(first[c[0]])
+                if len(c) > 1:
+                    rest = torch.log_softmax(logits[kid], -1)
+                    lp += float(rest.gather(1, torch.tensor(c[1:], device=rest.device)[:, None]).sum())
+                scores.append(lp)
+            return scores
+        finally:
+            self.close_branch(p.bid)
+
+    # ------------------------------------------------------------ benchmarks
+    @torch.inference_mode()
+    def raw_forward_then_crop(self, ids: Sequence[int]) -> torch.Tensor:
+        """The latency floor: ONE plain model forward of ``ids`` onto this cache, exactly as a
+        user would call the model (its own attention setting, logits of the last token only),
+        then cropped back. Returns logits ``[vocab]``. Benchmarks only; no branches allowed."""
+        if self._branches:
+            raise RuntimeError("raw_forward_then_crop() needs a state without open branches")
+        s = len(self._state)
+        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        pos = torch.arange(s, s + len(ids), device=self.device)[None]
+        out = self._model(input_ids=input_ids, position_ids=pos, use_cache=True, logits_to_keep=1,
+                          **{self._cache_kw: self._cache})
+        self._cache.crop(-len(ids))
+        return out.logits[0, -1]
