@@ -80,6 +80,13 @@ class HFBackend:
         return [bos] if bos is not None and ids and ids[0] == bos else []
 
 
+def _quiet() -> None:
+    """No progress bars from transformers in a robot's logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def _finish(model: torch.nn.Module, attn: str) -> torch.nn.Module:
     model.eval()
     model.requires_grad_(False)
@@ -95,6 +102,7 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
     """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet()
     path = resolve_model_dir(model)
     dev, dt = pick_device(device), parse_dtype(dtype)
     if not any(path.glob("*.safetensors")):
