@@ -55,18 +55,9 @@ def csr_attention(
         out = F.scaled_dot_product_attention(query, key, value, **kwargs)
     elif q_len == kv_len:
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, **kwargs)
-    elif gqa:
-        # causal_lower_right has no enable_gqa path in every torch release: expand KV heads
-        # as a view-and-reshape only for this (prefill-sized) case.
-        rep = query.shape[1] // key.shape[1]
-        key = key.repeat_interleave(rep, dim=1)
-        value = value.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=_lower_right_bias(q_len, kv_len), scale=scaling
-        )
     else:
         out = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=_lower_right_bias(q_len, kv_len), scale=scaling
+            query, key, value, attn_mask=_lower_right_bias(q_len, kv_len), **kwargs
         )
     return out.transpose(1, 2).contiguous()
 
