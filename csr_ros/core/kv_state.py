@@ -25,6 +25,8 @@ from typing import Sequence
 import torch
 from transformers import DynamicCache
 
+from csr_ros.core.kv_layers import use_in_place_layers
+
 
 @dataclass
 class Branch:
@@ -54,12 +56,16 @@ class StepOut:
     hidden: torch.Tensor | None = None
 
 
-def new_cache(config) -> DynamicCache:
-    """An empty dynamic cache for ``config`` (API differs slightly across transformers 5.x)."""
+def new_cache(config, capacity_tokens: int | None = None) -> DynamicCache:
+    """An empty cache for ``config``; with ``capacity_tokens``, its layers are preallocated and
+    written in place (:class:`csr_ros.core.kv_layers.InPlaceLayer`) instead of growing by cat."""
     try:
-        return DynamicCache(config=config)
+        cache = DynamicCache(config=config)
     except TypeError:  # pragma: no cover - older signature
-        return DynamicCache()
+        cache = DynamicCache()
+    if capacity_tokens:
+        use_in_place_layers(cache, capacity_tokens)
+    return cache
 
 
 class KVState:
@@ -69,14 +75,15 @@ class KVState:
     while it builds a fresh state that it then hands over).
     """
 
-    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None):
+    def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
+                 capacity_tokens: int | None = 1024):
         self._model = model
         self._base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         self._head = model.get_output_embeddings()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         params = inspect.signature(self._base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
-        self._cache = new_cache(model.config)
+        self._cache = new_cache(model.config, capacity_tokens)
         self._state: list[int] = []
         self._tail_owner: list[int] = []  # branch id of each tail slot
         self._branches: dict[int, Branch] = {}
@@ -131,8 +138,9 @@ class KVState:
         return StepOut(logits=logits, hidden=h[-1].float().clone() if want_hidden else None)
 
     # ----------------------------------------------------------- tail moves
+    @torch.inference_mode()
     def _take_tail(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Detach the tail's K/V (small) and crop the cache back to the state."""
+        """Copy out the tail's K/V (small) and crop the cache back to the state."""
         t = len(self._tail_owner)
         if t == 0:
             return []
@@ -141,16 +149,19 @@ class KVState:
         self._cache.crop(-t)
         return saved
 
+    @torch.inference_mode()
     def _restore_length(self, length: int) -> None:
+        """Crop every layer back to ``length`` (after a forward that failed half-way)."""
         for layer in self._cache.layers:
-            if getattr(layer, "keys", None) is not None and layer.keys.numel() and layer.keys.shape[-2] > length:
-                layer.keys = layer.keys[..., :length, :]
-                layer.values = layer.values[..., :length, :]
+            extra = layer.get_seq_length() - length
+            if extra > 0:
+                layer.crop(-extra)
 
+    @torch.inference_mode()
     def _put_tail(self, saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Re-append saved K/V rows (no forward: K/V do not depend on their physical slot)."""
         for layer, (k, v) in zip(self._cache.layers, saved):
-            layer.keys = torch.cat([layer.keys, k], dim=-2)
-            layer.values = torch.cat([layer.values, v], dim=-2)
+            layer.update(k, v)
 
     # ----------------------------------------------------------- state ops
     def append(self, ids: Sequence[int], want_hidden: bool = False) -> StepOut:
@@ -284,14 +295,12 @@ class KVState:
         keep = [i for i, o in enumerate(self._tail_owner) if o not in doomed]
         if len(keep) == len(self._tail_owner):
             return
-        s = len(self._state)
         if keep == list(range(len(keep))):  # removed slots are the last ones: a crop
             self._cache.crop(-(len(self._tail_owner) - len(keep)))
         else:
             idx = torch.tensor(keep, dtype=torch.long, device=self.device)
-            for layer in self._cache.layers:
-                layer.keys = torch.cat([layer.keys[..., :s, :], layer.keys[..., s:, :].index_select(-2, idx)], -2)
-                layer.values = torch.cat([layer.values[..., :s, :], layer.values[..., s:, :].index_select(-2, idx)], -2)
+            saved = self._take_tail()
+            self._put_tail([(k.index_select(-2, idx), v.index_select(-2, idx)) for k, v in saved])
         self._tail_owner = [self._tail_owner[i] for i in keep]
 
     def append_and_open(self, state_ids: Sequence[int], prompt_ids: Sequence[int]) -> tuple[int, torch.Tensor]:
@@ -352,6 +361,17 @@ class KVState:
             self.close_branch(p.bid)
 
     # ------------------------------------------------------------ benchmarks
+    @torch.inference_mode()
+    def plain_copy(self) -> "KVState":
+        """A copy of this state in transformers' own DynamicCache (for the benchmark floor)."""
+        if self._branches:
+            raise RuntimeError("plain_copy() needs a state without open branches")
+        other = KVState(self._model, self.device, capacity_tokens=None)
+        for src, dst in zip(self._cache.layers, other._cache.layers):
+            dst.update(src.keys.clone(), src.values.clone())
+        other._state = list(self._state)
+        return other
+
     @torch.inference_mode()
     def raw_forward_then_crop(self, ids: Sequence[int]) -> torch.Tensor:
         """The latency floor: ONE plain model forward of ``ids`` onto this cache, exactly as a

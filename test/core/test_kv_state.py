@@ -175,3 +175,30 @@ def test_failed_forward_leaves_the_state_unchanged(tiny, monkeypatch):
     assert kv.token_ids() == state and kv.cache_seq_length() == len(state)
     kv.append(ids(5, 17))
     assert kv.length == 30
+
+
+def test_in_place_layers_equal_concatenating_layers(tiny):
+    """Preallocated in-place writes (growing past capacity, crops, branch moves) == DynamicCache."""
+    from csr_ros.core.kv_layers import InPlaceLayer
+    from csr_ros.core.kv_state import KVState
+
+    a = KVState(tiny.model, "cpu", capacity_tokens=16)  # forces several doublings
+    b = KVState(tiny.model, "cpu", capacity_tokens=None)
+    assert all(isinstance(l, InPlaceLayer) for l in a._cache.layers)
+    assert not any(isinstance(l, InPlaceLayer) for l in b._cache.layers)
+    for kv in (a, b):
+        kv.append(ids(40, 30))
+    outs = []
+    for kv in (a, b):
+        b1, _ = kv.open_branch(ids(5, 31))
+        kv.append(ids(9, 32))  # tail moved while a branch is open
+        b2, _ = kv.open_branch(ids(4, 33))
+        kv.close_branch(b1)  # removal from the middle of the tail
+        r = kv.step({b2: 7})[b2]
+        kv.close_branch(b2)
+        kv.truncate(45)
+        outs.append((r, kv.append(ids(3, 34)).logits[-1], kv.token_ids()))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-5)
+    assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
+    assert outs[0][2] == outs[1][2] and a.cache_seq_length() == 48
+    assert a._cache.layers[0].capacity >= 64

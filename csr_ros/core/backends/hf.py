@@ -70,8 +70,12 @@ class HFBackend:
     def decode(self, ids) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
+    kv_capacity_tokens: int = 1024
+
     def new_state(self) -> KVState:
-        return KVState(self.model, self.device)
+        """A fresh KV state (shared weights); its cache starts with ``kv_capacity_tokens`` slots
+        preallocated and doubles when full."""
+        return KVState(self.model, self.device, capacity_tokens=self.kv_capacity_tokens)
 
     def bos_ids(self) -> list[int]:
         """BOS token when the model's tokenizer adds one, else nothing."""
