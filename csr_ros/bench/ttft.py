@@ -43,62 +43,104 @@ def _set_attn(model, name: str) -> None:
     model.set_attn_implementation(attention.register() if name == "csr" else name)
 
 
-def measure_n(be, n: int, stream: list[int], reps: int, full_reps: int) -> dict:
-    """All three timings for one history length N."""
+def _free_device_memory(device) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if getattr(device, "type", "") == "cuda":
+        torch.cuda.empty_cache()
+
+
+def measure_n(be, n: int, stream: list[int], reps: int, full_reps: int, compare_default: bool = False) -> dict:
+    """All timings for one history length N (probes interleaved within each repetition)."""
     hist, inc, q = stream[:n], stream[n:n + INC_TOKENS], stream[n + INC_TOKENS:n + INC_TOKENS + QUERY_TOKENS]
     kv = be.new_state()
     kv.prefill(hist, chunk_tokens=2048)
     plain = kv.plain_copy()  # the same K/V in transformers' own DynamicCache, for the floor
+    samples: dict[str, list[float]] = {}
+    firsts: dict[str, int] = {}
 
-    def csr():
+    def record(name: str, seconds: float, tok: int | None = None) -> None:
+        samples.setdefault(name, []).append(seconds)
+        if tok is not None:
+            firsts[name] = tok
+
+    def csr():  # increment + query in one forward, to the first token, then cropped
         bid, logits = kv.append_and_open(inc, q)
-        tok = int(logits.argmax())  # the first generated token is known here
+        tok = int(logits.argmax())
         kv.close_branch(bid)
         kv.truncate(n)
         return tok
 
-    def floor():
-        return int(plain.raw_forward_then_crop(inc + q).argmax())
+    def query_and_decode(suffix: str) -> None:  # the increment was appended on arrival
+        kv.append(inc)
+        t, (bid, logits) = timed(lambda: kv.open_branch(q), be.device)
+        tok = int(logits.argmax())
+        record("query_only" + suffix, t, tok)
+        t, _ = timed(lambda: kv.step({bid: tok}), be.device)
+        record("decode" + suffix, t)
+        kv.close_branch(bid)
+        kv.truncate(n)
 
-    def full():
-        fresh = be.new_state()
-        return int(fresh.raw_forward_then_crop(hist + inc + q).argmax())
-
-    csr(), floor()  # warm-up (allocator, kernels)
-    csr_s, floor_s, toks = [], [], set()
+    csr(), query_and_decode("")  # warm-up (allocator, kernels)
     for _ in range(reps):
-        t, tok = timed(csr, be.device)
-        csr_s.append(t)
-        toks.add(("csr", tok))
+        for attn, suffix in [("csr", "")] + ([("sdpa", "_default")] if compare_default else []):
+            _set_attn(be.model, attn)
+            t, tok = timed(csr, be.device)
+            record("csr" + suffix, t, tok)
+            query_and_decode(suffix)
         _set_attn(be.model, "sdpa")
-        t, tok = timed(floor, be.device)
+        t, tok = timed(lambda: int(plain.raw_forward_then_crop(inc + q).argmax()), be.device)
+        record("floor", t, tok)
         _set_attn(be.model, "csr")
-        floor_s.append(t)
-        toks.add(("floor", tok))
-    full_s = []
+    del kv, plain  # free the cached state before the (memory-hungry) full re-prefills
+    _free_device_memory(be.device)
     _set_attn(be.model, "sdpa")
     for _ in range(full_reps):
-        t, tok = timed(full, be.device)
-        full_s.append(t)
-        toks.add(("full", tok))
+        fresh = be.new_state()
+        t, tok = timed(lambda: int(fresh.raw_forward_then_crop(hist + inc + q).argmax()), be.device)
+        del fresh
+        record("full", t, tok)
     _set_attn(be.model, "csr")
-    firsts = {name: tok for name, tok in toks}
-    return {
-        "n": n,
-        "full_ms": summary_ms(full_s)["median"],
-        "csr_ms": summary_ms(csr_s)["median"],
-        "floor_ms": summary_ms(floor_s)["median"],
-        "same_first_token": len({tok for _, tok in toks}) == 1,
-        "detail": {"full": summary_ms(full_s), "csr": summary_ms(csr_s), "floor": summary_ms(floor_s),
-                   "first_tokens": firsts},
-    }
+    row = {"n": n}
+    row.update({f"{name}_ms": summary_ms(v)["median"] for name, v in samples.items()})
+    row["same_first_token"] = len({firsts[k] for k in ("full", "csr", "floor")}) == 1
+    row["detail"] = {name: summary_ms(v) for name, v in samples.items()}
+    row["detail"]["first_tokens"] = firsts
+    return row
+
+
+def bandwidth_floor_ms(be, n: int, bandwidth_gb_s: float) -> float:
+    """Bytes a query must read at least once (weights + an N-token KV cache) / copy bandwidth."""
+    cfg = be.model.config
+    elem = be.model.dtype.itemsize if hasattr(be.model.dtype, "itemsize") else 4
+    weights = sum(p.numel() * p.element_size() for p in be.model.parameters())
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * n * elem
+    return (weights + kv) / (bandwidth_gb_s * 1e9) * 1e3
+
+
+def copy_bandwidth_gb_s(device, megabytes: int = 512) -> float:
+    """Measured device memory copy bandwidth (read + write counted), GB/s."""
+    import torch
+
+    x = torch.empty(megabytes * 2**20 // 4, dtype=torch.float32, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    best = min(timed(lambda: y.copy_(x), device)[0] for _ in range(5))
+    return 2 * x.numel() * 4 / best / 1e9
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"{'N':>7} {'full_ms':>10} {'csr_ms':>9} {'floor_ms':>9} {'csr/floor':>9} {'full/csr':>9} same_tok")
+    cols = [c for c in ("full", "csr", "floor", "query_only", "decode", "csr_default", "query_only_default",
+                        "decode_default", "bandwidth_floor") if f"{c}_ms" in rows[0]]
+    print(f"{'N':>7} " + " ".join(f"{c + '_ms':>12}" for c in cols) + f" {'csr/floor':>9} {'full/csr':>9} same_tok")
     for r in rows:
-        print(f"{r['n']:>7} {r['full_ms']:>10.1f} {r['csr_ms']:>9.1f} {r['floor_ms']:>9.1f} "
-              f"{r['csr_ms'] / r['floor_ms']:>9.2f} {r['full_ms'] / r['csr_ms']:>9.1f} {r['same_first_token']}")
+        vals = " ".join(f"{r[c + '_ms']:>12.1f}" for c in cols)
+        print(f"{r['n']:>7} {vals} {r['csr_ms'] / r['floor_ms']:>9.2f} {r['full_ms'] / r['csr_ms']:>9.1f} "
+              f"{r['same_first_token']}")
 
 
 def plot(rows: list[dict], path: str, title: str) -> None:
@@ -132,6 +174,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of csr and floor")
     p.add_argument("--full-reps", type=int, default=3, help="timed repetitions of the full re-prefill")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--attention", choices=["csr", "default"], default="csr",
+                   help="'default' also times csr/query_only/decode with transformers' default attention")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
 
@@ -145,12 +189,14 @@ def run(args) -> dict:
     lengths: Sequence[int] = [int(x) for x in args.lengths.split(",") if x.strip()]
     vocab = be.model.config.vocab_size
     stream = token_stream(vocab, max(lengths) + INC_TOKENS + QUERY_TOKENS)
+    bw = copy_bandwidth_gb_s(be.device)
     rows = []
     for n in lengths:
-        rows.append(measure_n(be, n, stream, args.reps, args.full_reps))
+        rows.append(measure_n(be, n, stream, args.reps, args.full_reps, args.attention == "default"))
+        rows[-1]["bandwidth_floor_ms"] = bandwidth_floor_ms(be, n + INC_TOKENS + QUERY_TOKENS, bw)
         print_table(rows[-1:]) if len(rows) > 1 else print_table(rows)
     payload = {"model": be.name, "device": device_name(be.device), "dtype": str(be.dtype).replace("torch.", ""),
-               "increment_tokens": INC_TOKENS, "query_tokens": QUERY_TOKENS, "rows": rows}
+               "increment_tokens": INC_TOKENS, "query_tokens": QUERY_TOKENS, "copy_bandwidth_gb_s": bw, "rows": rows}
     print()
     print_table(rows)
     write_json(args.json, payload)

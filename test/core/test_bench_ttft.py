@@ -17,12 +17,15 @@ def test_bench_ttft_tiny_shape_writes_the_json(tmp_path):
     ttft.add_args(p)
     out = tmp_path / "ttft.json"
     args = p.parse_args(["--shape", "tiny", "--device", "cpu", "--lengths", "64,256", "--reps", "2",
-                         "--full-reps", "1", "--json", str(out), "--plot", str(tmp_path / "t.png")])
+                         "--full-reps", "1", "--attention", "default", "--json", str(out), "--plot", str(tmp_path / "t.png")])
     ttft.run(args)
     data = json.loads(out.read_text())
     assert data["model"] == "random-tiny" and data["dtype"] == "float32"
     assert [r["n"] for r in data["rows"]] == [64, 256]
     for r in data["rows"]:
-        assert r["full_ms"] > 0 and r["csr_ms"] > 0 and r["floor_ms"] > 0
+        for col in ("full", "csr", "floor", "query_only", "decode", "csr_default", "query_only_default",
+                    "bandwidth_floor"):
+            assert r[f"{col}_ms"] > 0, col
+        assert r["detail"]["first_tokens"]["query_only"] == r["detail"]["first_tokens"]["query_only_default"]
         assert r["same_first_token"], r["detail"]["first_tokens"]
     assert (tmp_path / "t.png").stat().st_size > 1000
