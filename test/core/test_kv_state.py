@@ -202,3 +202,13 @@ def test_in_place_layers_equal_concatenating_layers(tiny):
     assert torch.allclose(outs[0][1], outs[1][1], atol=1e-5)
     assert outs[0][2] == outs[1][2] and a.cache_seq_length() == 48
     assert a._cache.layers[0].capacity >= 64
+
+
+def test_budget_from_free_memory(tiny):
+    from csr_ros.core.backends.hf import budget_from_free_memory, kv_bytes_per_token
+
+    per = kv_bytes_per_token(tiny.model.config, torch.float32)
+    assert per == 2 * 2 * 2 * 16 * 4  # K+V, 2 layers, 2 kv heads, head dim 16, fp32
+    assert budget_from_free_memory(tiny, 0.5, 10**9, free_bytes=per * 4000) == 1000
+    assert budget_from_free_memory(tiny, 0.5, 300, free_bytes=per * 4000) == 300
+    assert budget_from_free_memory(tiny, 0.5, 300) == 300  # CPU: the request is kept

@@ -134,3 +134,27 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
         lm = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation="sdpa")
     tok = ByteTokenizer(cfg.vocab_size)
     return HFBackend(f"random-{shape}", _finish(lm, attn), tok, template_from_tokenizer(tok), dev, dt)
+
+
+def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
+    """Bytes one cached token takes over all layers (K and V)."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()
+
+
+def budget_from_free_memory(backend: HFBackend, memory_frac: float, requested_tokens: int,
+                            free_bytes: int | None = None) -> int:
+    """The KV budget that fits in ``memory_frac`` of the device's free memory, capped at
+    ``requested_tokens``. On a Jetson (unified memory) and on discrete GPUs alike the free memory
+    is what ``torch.cuda.mem_get_info`` reports at start; on the CPU the request is kept.
+
+    Room is reserved for two states (serving + the reconciler's rebuild) plus branch headroom.
+    """
+    if free_bytes is None:
+        if backend.device.type != "cuda":
+            return requested_tokens
+        free_bytes, _ = torch.cuda.mem_get_info(backend.device)
+    per_token = kv_bytes_per_token(backend.model.config, backend.dtype)
+    fit = int(free_bytes * memory_frac) // (2 * per_token)
+    return max(0, min(requested_tokens, fit))
