@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from csr_ros.core.compaction import apply_plan, plan_drop_oldest
+from csr_ros.core.compaction import CompactionError, CompactionPlan, apply_plan, plan_drop_oldest
 from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger, total_tokens
 from csr_ros.core.template import DEFAULT_SYSTEM
 
@@ -57,16 +57,25 @@ class EngineCounters:
     increments_rejected: int = 0
     sync_evictions: int = 0
     swaps: int = 0
+    evicted_by_policy: int = 0  # increments dropped by drop_oldest (neither kept nor in memory)
+    store_errors: int = 0  # failed writes to the on-disk ledger (logged; serving goes on)
     last_ttft_ms: float = 0.0
     last_rebuild_ms: float = 0.0
 
 
 class CsrEngine:
-    """Cached state of one model. Not thread-safe: one owner thread calls everything here."""
+    """Cached state of one model. Not thread-safe: one owner thread calls everything here.
+
+    Optional collaborators: ``compactor`` (:class:`csr_ros.core.compaction.Compactor`, the policy
+    of the synchronous fallback; None = drop_oldest), ``store``
+    (:class:`csr_ros.core.ledger_store.LedgerStore`: every accepted increment and every new state
+    version is appended to it; an existing ledger in it is restored here, see ``restored``) and
+    ``memory`` (:class:`csr_ros.core.entity_memory.EntityMemory` updated on every accept).
+    """
 
     def __init__(self, backend, budget_tokens: int = 2048, high_water_frac: float = 0.75,
                  evict_frac: float = 0.5, system_prompt: str = "",
-                 clock_ns: Callable[[], int] = time.monotonic_ns):
+                 clock_ns: Callable[[], int] = time.monotonic_ns, compactor=None, store=None, memory=None):
         self.backend = backend
         self.template = backend.template
         self.budget_tokens = budget_tokens
@@ -82,6 +91,10 @@ class CsrEngine:
         self.pending: list[Increment] = []
         self.counters = EngineCounters()
         self._events: list[EngineEvent] = []
+        self.compactor, self.store, self.memory = compactor, store, memory
+        self.restored = None  # what the store held at start (csr_ros.core.ledger_store.Restored)
+        if store is not None:
+            self._open_store(store)
 
     # -------------------------------------------------------------- intake
     @property
@@ -107,6 +120,11 @@ class CsrEngine:
             raise LedgerError(f"increment of {inc.num_tokens} tokens (limit {self.budget_tokens // 4})")
         self.pending.append(inc)
         self.counters.increments_total += 1
+        if self.memory is not None:
+            self.memory.observe(inc)
+        if self.ledger.epoch_ns >= 0:
+            self._persist(lambda s: s.set_epoch(self.ledger.epoch_ns))
+        self._persist(lambda s: s.append_increment(inc))
 
     def submit(self, source: str, stamp_ns: int, text: str, facts: Sequence[Fact] = ()) -> Increment:
         inc = self.make_increment(source, stamp_ns, text, facts)
@@ -148,21 +166,47 @@ class CsrEngine:
     def needs_compaction(self) -> bool:
         return self.ledger.num_tokens + total_tokens(self.pending) >= self.high_water_tokens
 
-    def _enforce_hard_limit(self, incoming: int) -> None:
-        if self.ledger.num_tokens + incoming <= self.budget_tokens:
-            return
-        t0 = time.perf_counter()
-        before = self.ledger.num_tokens
+    def snapshot(self) -> StateLedger:
+        """A copy of the state as it will be once the pending increments are appended (what the
+        reconciler compacts; safe to read from another thread)."""
+        snap = self.ledger.copy()
+        for inc in self.pending:
+            snap.append(inc)
+        return snap
+
+    def _plan_sync(self) -> tuple[StateLedger, CompactionPlan]:
+        if self.compactor is not None:
+            return self.compactor.compact(self.ledger, allow_model=False)
         plan = plan_drop_oldest(self.ledger, self.evict_frac)
-        ledger = apply_plan(self.ledger, plan, self.template, self.backend.encode)
+        return apply_plan(self.ledger, plan, self.template, self.backend.encode), plan
+
+    def _enforce_hard_limit(self, incoming: int) -> None:
+        for _ in range(4):  # a grown memory block can leave one compaction still over the budget
+            if self.ledger.num_tokens + incoming <= self.budget_tokens or not self.compact_now("hard_limit"):
+                return
+
+    def compact_now(self, reason: str = "requested") -> bool:
+        """Synchronous compaction on the caller's thread (the fallback; counted and logged).
+
+        Returns False when nothing can be evicted (the state then stays as it is).
+        """
+        t0 = time.perf_counter()
+        old = self.ledger
+        try:
+            ledger, plan = self._plan_sync()
+        except CompactionError as e:  # e.g. nothing left to evict: serve over budget, loudly
+            log.error("synchronous eviction impossible: %s", e)
+            return False
         self._rebuild(ledger)
+        self._record_compaction(old, ledger)
         ms = (time.perf_counter() - t0) * 1e3
         self.counters.sync_evictions += 1
         self.counters.last_rebuild_ms = ms
-        detail = {"tokens_before": before, "tokens_after": self.ledger.num_tokens,
+        detail = {"reason": reason, "tokens_before": old.num_tokens, "tokens_after": ledger.num_tokens,
                   "evicted": len(plan.evicted), "rebuild_ms": ms}
         self._events.append(EngineEvent("sync_eviction", detail))
-        log.warning("synchronous eviction at the hard limit (%d tokens): %s", self.budget_tokens, detail)
+        log.warning("synchronous eviction (%s, budget %d tokens): %s", reason, self.budget_tokens, detail)
+        return True
 
     def _rebuild(self, ledger: StateLedger) -> None:
         kv = self.backend.new_state()
@@ -170,28 +214,70 @@ class CsrEngine:
         self.ledger, self.kv = ledger, kv
 
     def install(self, ledger: StateLedger, kv) -> int:
-        """Swap in a state built elsewhere (frame boundary only). Replays newer increments.
+        """Swap in a state built elsewhere (frame boundary only); no forward runs here.
 
-        Returns the number of increments replayed. Raises ValueError if it is not newer, or if
-        the current KV has open branches (their KV would be lost).
+        Increments newer than the handed-over state become *pending* (appended with the next
+        query or flush, in one forward). Returns their number. Raises ValueError if it is not
+        newer, if the current KV has open branches (their KV would be lost), or if the KV does
+        not hold exactly the ledger's tokens.
         """
         if ledger.version <= self.ledger.version:
             raise ValueError(f"state version {ledger.version} is not newer than {self.ledger.version}")
         if self.kv.open_branches():
             raise ValueError("cannot swap while branches are open")
-        missing = self.ledger.increments_after(ledger.last_seq)
-        if missing:
-            ids: list[int] = []
-            for inc in missing:
-                ledger.append(inc)
-                ids.extend(inc.token_ids)
-            kv.append(ids)
         if kv.token_ids() != ledger.token_ids():
             raise ValueError("handed-over KV does not hold exactly the ledger's tokens")
-        self.ledger, self.kv = ledger, kv
+        newer = self.ledger.increments_after(ledger.last_seq) + [i for i in self.pending if i.seq > ledger.last_seq]
+        self._record_compaction(self.ledger, ledger)
+        self.ledger, self.kv, self.pending = ledger, kv, newer
+        promote = getattr(self.backend, "promote", None)  # serving engines: its lane becomes primary
+        if promote is not None:
+            promote(kv)
         self.counters.swaps += 1
-        self._events.append(EngineEvent("swap", {"version": ledger.version, "replayed": len(missing)}))
-        return len(missing)
+        self._events.append(EngineEvent("swap", {"version": ledger.version, "pending": len(newer)}))
+        return len(newer)
+
+    def _record_compaction(self, old: StateLedger, new: StateLedger) -> None:
+        """Count what ``new`` neither keeps nor represents, and append the version to the store."""
+        kept = {i.seq for i in new.increments}
+        gone = sum(1 for i in old.increments if i.seq <= new.last_seq and i.seq not in kept)
+        dropped = gone - (new.memory.represented_seqs - old.memory.represented_seqs)
+        self.counters.evicted_by_policy += dropped
+        policy = self.compactor.policy if self.compactor is not None else "drop_oldest"
+        self._persist(lambda s: s.append_compaction(new, policy, dropped))
+
+    def _persist(self, write: Callable) -> None:
+        if self.store is None:
+            return
+        try:
+            write(self.store)
+        except (OSError, ValueError) as e:  # durability is lost, serving goes on (counted)
+            self.counters.store_errors += 1
+            log.error("ledger store write failed: %s", e)
+
+    def _open_store(self, store) -> None:
+        """Begin a new on-disk ledger, or restore the state an existing one describes.
+
+        A restored state that exceeds the budget (the process died with increments pending)
+        keeps its newest increments pending, so the next append evicts as before the restart.
+        """
+        restored = store.restore()
+        store.begin(self.ledger.prefix_ids, {"model": getattr(self.backend, "name", "")})
+        if restored is None:
+            return
+        self.restored, ledger, over = restored, restored.ledger.copy(), []
+        while ledger.increments and ledger.num_tokens > self.budget_tokens:
+            over.insert(0, ledger.increments.pop())
+        if over:
+            ledger.last_seq = over[0].seq - 1
+        self._rebuild(ledger)
+        self.pending = over
+        self.counters.increments_total = restored.increments
+        self.counters.evicted_by_policy = restored.evicted_by_policy
+        if self.memory is not None:
+            self.memory.merge(restored.memory)
+        if self.compactor is not None:
+            self.compactor.seed(restored.evicted_memory, ledger.memory.covers_through_seq)
 
     def drain_events(self) -> list[EngineEvent]:
         out, self._events = self._events, []

@@ -56,6 +56,21 @@ class StepOut:
     hidden: torch.Tensor | None = None
 
 
+@dataclass
+class MultiOut:
+    """What :meth:`KVState.multi_step` returns.
+
+    Attributes:
+        steps: stepped branch id -> next-token logits ``[vocab]``.
+        opened: ``(new branch id, last logits [vocab])`` per opened prompt, in order.
+        scores: the closed-set log-likelihoods (None when nothing was scored).
+    """
+
+    steps: dict[int, torch.Tensor]
+    opened: list[tuple[int, torch.Tensor]]
+    scores: list[float] | None = None
+
+
 def new_cache(config, capacity_tokens: int | None = None) -> DynamicCache:
     """An empty cache for ``config``; with ``capacity_tokens``, its layers are preallocated and
     written in place (:class:`csr_ros.core.kv_layers.InPlaceLayer`) instead of growing by cat."""
@@ -260,7 +275,11 @@ class KVState:
             want = logit_rows_of.get(bid, [len(toks) - 1])
             where[bid] = (len(rows), len(want))
             rows.extend(first + r for r in want)
-        out = self._forward(ids, pos, self._mask(owner), rows)
+        try:
+            out = self._forward(ids, pos, self._mask(owner), rows)
+        except Exception:
+            self._restore_length(self.physical_length)  # a half-done forward may have grown some layers
+            raise
         for bid, toks in feeds:
             self._branches[bid].ids.extend(int(t) for t in toks)
         self._tail_owner.extend(owner)
@@ -332,13 +351,28 @@ class KVState:
         shared, never copied. Everything is closed afterwards.
         Returns: summed log-probabilities (natural log), one per candidate.
         """
-        if not candidates or any(len(c) == 0 for c in candidates):
+        return self.multi_step({}, (), (prompt_ids, candidates)).scores
+
+    def multi_step(self, steps: dict[int, int], opens: Sequence[Sequence[int]] = (),
+                   score: tuple[Sequence[int], Sequence[Sequence[int]]] | None = None) -> "MultiOut":
+        """ONE forward for every task of a frame (continuous batching): the branches in ``steps``
+        advance by one token each, a new branch is opened on the state for every prompt in
+        ``opens``, and ``score`` = ``(prompt_ids, candidates)`` is scored as in :meth:`score`
+        (its branches are closed afterwards). All share the state prefix; none sees another.
+        """
+        if score is not None and (not score[1] or any(len(c) == 0 for c in score[1])):
             raise ValueError("score() needs non-empty candidates")
-        p = self._new_branch(None)
-        try:
-            feeds = [(p.bid, list(prompt_ids))]
-            rows = {p.bid: [len(prompt_ids) - 1]}
-            kids = []
+        if any(len(ids) == 0 for ids in opens):
+            raise ValueError("open_branch() needs a non-empty prompt")
+        new = [self._new_branch(None) for _ in opens]
+        feeds = [(bid, [tok]) for bid, tok in steps.items()] + [(b.bid, list(ids)) for b, ids in zip(new, opens)]
+        rows: dict[int, list[int]] = {}
+        p, kids = None, []
+        if score is not None:  # last in the tail, so closing it is a crop
+            prompt_ids, candidates = score
+            p = self._new_branch(None)
+            feeds.append((p.bid, list(prompt_ids)))
+            rows[p.bid] = [len(prompt_ids) - 1]
             base = p.next_pos + len(prompt_ids)
             for c in candidates:
                 k = Branch(self._next_bid, p.horizon, base, p.bid)
@@ -347,18 +381,26 @@ class KVState:
                 kids.append(k.bid)
                 feeds.append((k.bid, list(c)))
                 rows[k.bid] = list(range(len(c) - 1))
-            logits = self._feed([f for f in feeds if f[1]], {b: r for b, r in rows.items()})
+        try:
+            logits = self._feed([f for f in feeds if f[1]], rows)
+        except Exception:
+            for b in new:
+                del self._branches[b.bid]  # never fed: no tail slots
+            raise
+        finally:
+            if p is not None:
+                self.close_branch(p.bid)
+        scores = None
+        if p is not None:
             first = torch.log_softmax(logits[p.bid][-1], -1)
             scores = []
-            for kid, c in zip(kids, candidates):
+            for kid, c in zip(kids, score[1]):
                 lp = float(first[c[0]])
                 if len(c) > 1:
                     rest = torch.log_softmax(logits[kid], -1)
                     lp += float(rest.gather(1, torch.tensor(c[1:], device=rest.device)[:, None]).sum())
                 scores.append(lp)
-            return scores
-        finally:
-            self.close_branch(p.bid)
+        return MultiOut({bid: logits[bid][-1] for bid in steps}, [(b.bid, logits[b.bid][-1]) for b in new], scores)
 
     # ------------------------------------------------------------ benchmarks
     @torch.inference_mode()
