@@ -1,0 +1,387 @@
+"""The frame scheduler: fixed-rate action chunks and streamed language from one shared cache.
+
+Threads (the ROS node wires them):
+
+* producers (ROS callbacks) call :meth:`FrameScheduler.submit_increment`, :meth:`~FrameScheduler.ask`,
+  :meth:`~FrameScheduler.set_instruction`: they only queue under a short lock, never run the model;
+* the action publisher (a timer at ``control.control_rate_hz``, any thread) calls
+  :meth:`~FrameScheduler.chunk_for_publish`: it reads a single-slot latest chunk and time-shifts it,
+  so publishing never waits on the model;
+* ONE worker thread (the node's model worker, or :class:`csr_ros.core.frame_loop.FrameLoop`)
+  calls :meth:`~FrameScheduler.run_frame` as fast as frames allow. Each frame,
+  in order: swap in a ready rebuilt state (re-opening the open answers on it), append the pending
+  increments (one forward), refresh the action chunk if the policy is due, advance every open
+  language request by ``k`` tokens (one batched forward per token for all of them), and return
+  the language pieces to publish. A frame longer than ``1 / control_rate_hz`` is counted.
+  While answers are open, the policy's closed-set scoring rides in the frame's first language
+  step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
+
+Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
+published after it (the publisher gets the time-shifted rest of the current chunk until then).
+On a model failure the registry's hold chunk is published once and the failure is counted,
+logged and reported in :meth:`~FrameScheduler.drain_events`; the loop keeps going.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from csr_ros.core.actions import ActionRegistry, registry_from_config
+from csr_ros.core.language import LanguageBatch, LanguageOut, ScoreRider
+from csr_ros.core.ledger import Increment
+from csr_ros.core.policy import make_policy
+
+__all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
+log = logging.getLogger("csr_ros.scheduler")
+
+
+@dataclass(frozen=True)
+class ChunkOut:
+    """An action chunk (csr_ros/ActionChunk). Times in ns on the scheduler's clock.
+
+    ``stamp_ns``: when step 0 is due (step i at ``stamp_ns + i * dt_s``); ``data``: row-major
+    ``horizon x len(names)``, clamped; ``action``: registry entry ("" from a learned head).
+    """
+
+    stamp_ns: int
+    observation_stamp_ns: int
+    state_version: int
+    names: tuple[str, ...]
+    dt_s: float
+    horizon: int
+    data: tuple[float, ...]
+    action: str
+    valid_until_ns: int
+    is_hold: bool
+
+
+@dataclass(frozen=True)
+class StatusOut:
+    """Cache and scheduler status (csr_ros/CacheStatus); the fields after ``sync_fallbacks``
+    are extras for logs and diagnostics."""
+
+    state_version: int
+    cached_tokens: int
+    budget_tokens: int
+    increments_total: int
+    increments_rejected: int
+    evictions: int
+    reconciler_state: str
+    last_ttft_ms: float
+    last_rebuild_ms: float
+    frame_overruns: int
+    sync_fallbacks: int
+    frames: int = 0
+    decisions: int = 0
+    policy_failures: int = 0
+    holds_published: int = 0
+    open_requests: int = 0
+    language_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class SchedulerEvent:
+    kind: str  # "policy_failure" | "append_failure" | "swap" | "swap_refused"
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class SchedulerCounters:
+    frames: int = 0
+    frame_overruns: int = 0
+    decisions: int = 0
+    policy_failures: int = 0
+    append_failures: int = 0
+    holds_published: int = 0
+    refused_requests: int = 0
+    last_frame_ms: float = 0.0
+    last_error: str = ""
+
+
+class FrameScheduler:
+    """Per-frame decisions over one engine (see the module doc); the clock is injected.
+
+    Args:
+        engine: the shared :class:`csr_ros.core.engine.CsrEngine` (owned by the worker thread).
+        policy: a :mod:`csr_ros.core.policy` policy, or None for the one ``cfg.control`` names.
+        cfg: the :class:`csr_ros.core.config.CsrConfig` (groups ``control`` and ``language``).
+        clock_ns: the clock every stamp uses (ROS time in the node).
+        reconciler: a :class:`csr_ros.core.reconciler.Reconciler`, or None (no ASR).
+        registry: the action registry (default: ``cfg.control.actions_file``).
+        language_engine: decode language on this engine instead (the isolated baseline: a second
+            copy of the state that the scheduler also appends every increment to).
+        batched_language: False advances each request in its own forward (isolated baseline).
+        prompt_ids: question -> query token ids (default: the engine's query template).
+    """
+
+    def __init__(self, engine, policy, cfg, clock_ns: Callable[[], int], reconciler=None, *,
+                 registry: ActionRegistry | None = None, language_engine=None, batched_language: bool = True,
+                 prompt_ids: Callable[[str], list[int]] | None = None):
+        c, lang = cfg.control, cfg.language
+        self.engine, self.cfg, self.clock_ns, self.reconciler = engine, cfg, clock_ns, reconciler
+        self.registry = registry or registry_from_config(cfg)
+        self.policy = policy if policy is not None else make_policy(cfg, self.registry, engine.backend)
+        self.frame_period_ns = round(1e9 / c.control_rate_hz)
+        self.policy_period_ns = round(c.policy_period_s * 1e9)
+        self.dt_ns = round(self.registry.dt_s * 1e9)
+        self.validity_ns = round(min(c.chunk_valid_s, self.registry.horizon_steps * self.registry.dt_s) * 1e9)
+        self.k, self.max_open, self.max_question_chars = lang.tokens_per_frame, lang.max_open_requests, lang.max_question_chars
+        self.lang_engine = language_engine if language_engine is not None else engine
+        self.language = LanguageBatch(self.lang_engine, lang.max_new_tokens, lang.lead_in, batched_language,
+                                      prompt_ids, clock_ns)
+        self.counters = SchedulerCounters()
+        self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
+        self._inbox: list[tuple[str, int, str, tuple]] = []
+        self._asks: list[tuple[str, str, int]] = []
+        self._active: set[str] = set()
+        self._accepted: list[Increment] = []
+        self._events: list[SchedulerEvent] = []
+        self._instruction = c.default_instruction
+        self._chunk: ChunkOut | None = None
+        self._hold: ChunkOut | None = None
+        # worker-only state
+        self._hidden = None
+        self._obs_stamp_ns = 0
+        self._next_decision_ns: int | None = None  # on the ideal grid of policy periods
+        self._frame_ema_ns = self.frame_period_ns  # typical frame duration (work), for the lead
+        self._in_failure = False
+
+    # ------------------------------------------------------------------ producers (any thread)
+    def submit_increment(self, source: str, stamp_ns: int, text: str, facts: Sequence = ()) -> None:
+        """Queue an observation; it is rendered, tokenized and appended by the next frame."""
+        with self._lock:
+            self._inbox.append((str(source), int(stamp_ns), str(text), tuple(facts)))
+
+    def ask(self, request_id: str, question: str) -> LanguageOut | None:
+        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece."""
+        rid, q = str(request_id).strip(), " ".join(str(question).split())
+        why = ("empty request id" if not rid else "empty question" if not q else
+               f"question longer than {self.max_question_chars} characters" if len(q) > self.max_question_chars else "")
+        with self._lock:
+            if not why and rid in self._active:
+                why = f"request {rid!r} is already open"
+            elif not why and len(self._active) >= self.max_open:
+                why = f"{len(self._active)} requests already open (language.max_open_requests)"
+            if not why:
+                self._active.add(rid)
+                self._asks.append((rid, q, self.clock_ns()))
+                return None
+            self.counters.refused_requests += 1
+        return LanguageOut(rid, f"refused: {why}", True, "")
+
+    def set_instruction(self, text: str) -> None:
+        """The task the policy chooses actions for (empty: back to the configured default)."""
+        with self._lock:
+            self._instruction = " ".join(str(text).split()) or self.cfg.control.default_instruction
+
+    # ------------------------------------------------------------------ the worker thread
+    def run_frame(self) -> list[LanguageOut]:
+        """One frame (see the module doc). Never raises for a model failure."""
+        t0 = self.clock_ns()
+        self._reconcile()
+        self._append_pending()
+        due = self._policy_due(t0)
+        rider = self._rider() if due else None
+        if due and rider is None:
+            self._refresh_chunk(t0)
+        outs = self._advance_language(rider)
+        if rider is not None:  # the scores rode in the first language step (else: own forward)
+            self._refresh_chunk(t0, rider.scores)
+        dur = self.clock_ns() - t0
+        self._frame_ema_ns += (dur - self._frame_ema_ns) // 8
+        self.counters.frames += 1
+        self.counters.last_frame_ms = dur / 1e6
+        if dur > self.frame_period_ns:
+            self.counters.frame_overruns += 1
+        return outs
+
+    def _reconcile(self) -> None:
+        """Swap in a ready rebuilt state (the open answers are re-opened on it), or request one."""
+        r = self.reconciler
+        if r is None:
+            return
+        try:
+            if r.state == "building" and getattr(r, "target_version", 1 << 62) <= self.engine.ledger.version:
+                r.cancel()  # the engine moved on (synchronous eviction): that build is stale
+            got = r.take_ready(self.engine.ledger.version)
+            if got is not None:
+                if self.lang_engine is self.engine:
+                    self.language.suspend()  # install refuses open branches; advance re-opens them
+                try:
+                    pending = self.engine.install(*got)
+                    self._event("swap", version=self.engine.ledger.version, pending=pending)
+                except ValueError as e:
+                    self._event("swap_refused", error=str(e))
+                    log.error("handed-over state refused: %s", e)
+            elif self.engine.needs_compaction and getattr(r, "accepting", True):
+                r.request(self.engine.snapshot())
+        except Exception as e:  # noqa: BLE001 - the old state keeps serving
+            log.error("reconcile step failed: %s: %s", type(e).__name__, e)
+
+    def _engines(self) -> list:
+        return [self.engine] if self.lang_engine is self.engine else [self.engine, self.lang_engine]
+
+    def _append_pending(self) -> None:
+        with self._lock:
+            items, self._inbox = self._inbox, []
+        for source, stamp_ns, text, facts in items:
+            for eng in self._engines():
+                try:
+                    inc = eng.submit(source, stamp_ns, text, facts)
+                except Exception as e:  # noqa: BLE001 - LedgerError (order, size) or a tokenizer error
+                    log.warning("increment from %s rejected: %s: %s", source, type(e).__name__, e)
+                    break
+                if eng is self.engine:
+                    with self._lock:
+                        self._accepted.append(inc)
+                    if self.reconciler is not None:
+                        self.reconciler.notify(inc)
+        want = bool(getattr(self.policy, "wants_hidden", False))
+        for eng in self._engines():
+            newest = eng.pending[-1].stamp_ns if eng.pending else None
+            try:
+                out = eng.flush(want_hidden=want and eng is self.engine)
+            except Exception as e:  # noqa: BLE001 - the engine re-synced its KV; hold and go on
+                self.counters.append_failures += 1
+                self._failed("append_failure", e)
+                continue
+            if eng is self.engine and out is not None:
+                self._obs_stamp_ns = max(self._obs_stamp_ns, newest or 0)
+                if want:
+                    self._hidden = out.hidden
+
+    def _policy_due(self, now_ns: int) -> bool:
+        """Due when the next frame would start past the decision deadline (decide in the frame
+        nearest to it), or when the current chunk runs out before the next frame could refresh
+        it. Deadlines sit on a fixed grid of ``policy_period_s``, so frames that do not divide
+        the period still give exactly 1 / policy_period_s decisions on average."""
+        if self._next_decision_ns is None:
+            return True
+        chunk = self._chunk
+        frame_ns = max(self.frame_period_ns, self._frame_ema_ns)
+        if chunk is not None and chunk.valid_until_ns - now_ns <= frame_ns:
+            return True
+        return now_ns + frame_ns // 2 >= self._next_decision_ns
+
+    def _rider(self) -> ScoreRider | None:
+        """The policy's scoring as a rider of the language step, when it can share that forward."""
+        if not (self.cfg.control.fuse_policy_with_language and self.lang_engine is self.engine
+                and self.language.batched and hasattr(self.policy, "score_request")
+                and hasattr(self.engine.kv, "multi_step")):
+            return None
+        with self._lock:
+            if not (self._active and (self.language.num_open or self._asks)):
+                return None
+            instruction = self._instruction
+        try:
+            return ScoreRider(*self.policy.score_request(self.engine, instruction))
+        except Exception:  # noqa: BLE001 - the plain path decides (and reports) instead
+            return None
+
+    def _refresh_chunk(self, now_ns: int, scores: Sequence[float] | None = None) -> None:
+        nxt = self._next_decision_ns
+        self._next_decision_ns = now_ns + self.policy_period_ns if nxt is None else max(nxt + self.policy_period_ns, now_ns)
+        with self._lock:
+            instruction = self._instruction
+        try:
+            if scores is not None:
+                d = self.policy.decide_from_scores(scores)
+            else:
+                d = self.policy.decide(self.engine, instruction, self._hidden)
+            if d is None:
+                return
+            values = self.registry.clamp(d.values)
+        except Exception as e:  # noqa: BLE001 - fail safe: hold once, report, keep going
+            self.counters.policy_failures += 1
+            self._failed("policy_failure", e)
+            return
+        stamp = self.clock_ns()
+        chunk = ChunkOut(stamp, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                         self.registry.dt_s, self.registry.horizon_steps, values, d.action,
+                         stamp + self.validity_ns, False)
+        with self._lock:
+            self._chunk, self._hold = chunk, None
+        self._in_failure = False
+        self.counters.decisions += 1
+
+    def _failed(self, kind: str, e: Exception) -> None:
+        """Report a model failure; publish the hold chunk once per failure episode."""
+        self.counters.last_error = f"{type(e).__name__}: {e}"
+        log.error("%s: %s", kind, self.counters.last_error)
+        self._event(kind, error=self.counters.last_error)
+        if self._in_failure or not self.cfg.control.hold_on_failure:
+            return
+        self._in_failure = True
+        now = self.clock_ns()
+        hold = ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
+                        self.registry.hold_name, now + self.validity_ns, True)
+        with self._lock:
+            self._chunk, self._hold = None, hold
+
+    def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
+        with self._lock:
+            asks, self._asks = self._asks, []
+        for rid, q, asked_ns in asks:
+            self.language.join(rid, q, asked_ns)
+        outs = self.language.advance(self.k, rider)
+        done = [o.request_id for o in outs if o.is_final]
+        if done:
+            with self._lock:
+                self._active.difference_update(done)
+        return outs
+
+    def _event(self, kind: str, **detail) -> None:
+        with self._lock:
+            self._events.append(SchedulerEvent(kind, detail))
+
+    # ------------------------------------------------------------------ any thread
+    def chunk_for_publish(self, now_ns: int) -> ChunkOut | None:
+        """What the action publisher publishes at ``now_ns`` (never blocks on the model).
+
+        The hold chunk once after a failure; else the current chunk from the step due at
+        ``now_ns`` on (time-shifted: ``stamp_ns`` moved by whole steps, earlier rows dropped);
+        None when there is none or it is past ``valid_until`` (never a stale chunk).
+        """
+        with self._lock:
+            if self._hold is not None:
+                hold, self._hold = self._hold, None
+                self.counters.holds_published += 1
+                return hold
+            c = self._chunk
+        if c is None or now_ns >= c.valid_until_ns:
+            return None
+        i = max(0, (now_ns - c.stamp_ns) // self.dt_ns)
+        if i == 0:
+            return c
+        if i >= c.horizon:
+            return None
+        d = len(c.names)
+        return dataclasses.replace(c, stamp_ns=c.stamp_ns + i * self.dt_ns, horizon=c.horizon - i, data=c.data[i * d:])
+
+    def status(self) -> StatusOut:
+        e, ec, sc, r = self.engine, self.engine.counters, self.counters, self.reconciler
+        rebuild_ms = getattr(getattr(r, "counters", None), "last_rebuild_ms", 0.0) or ec.last_rebuild_ms
+        with self._lock:
+            n_open = len(self._active)
+        return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, ec.increments_total, ec.increments_rejected,
+                         ec.swaps + ec.sync_evictions, r.state if r is not None else "idle",
+                         self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, sc.frame_overruns,
+                         ec.sync_evictions, sc.frames, sc.decisions, sc.policy_failures, sc.holds_published,
+                         n_open, self.language.tokens_generated)
+
+    def accepted_increments(self) -> list[Increment]:
+        """Increments accepted since the last call (the node republishes them)."""
+        with self._lock:
+            out, self._accepted = self._accepted, []
+        return out
+
+    def drain_events(self) -> list[SchedulerEvent]:
+        with self._lock:
+            out, self._events = self._events, []
+        return out
+
