@@ -1,0 +1,301 @@
+"""Bringup: THE one place that declares the executors, callback groups, threads and shutdown order
+of the csr_ros graph. Used by the ``csr_node`` executable (:func:`main`, launch files) and by
+``csr-ros run`` (:func:`run`).
+
+One process, one private rclpy Context, two nodes that share the model and its KV memory::
+
+  thread                       runs                                       touches the model?
+  ---------------------------  -----------------------------------------  ------------------
+  main                         start-up, waits for SIGINT/SIGTERM,        no
+                               then the ordered shutdown below
+  csr-inference-executor       MultiThreadedExecutor(ros.executor_threads) no
+                               with node `csr` and its callback groups:
+      actions    (MutuallyExclusive)  action timer -> chunk_for_publish   (never waits on the model)
+      perception (MutuallyExclusive)  perception subscriptions -> submit_increment
+      requests   (MutuallyExclusive)  csr/ask, csr/instruction -> ask / set_instruction
+      status     (MutuallyExclusive)  status timer -> status()
+    The four groups may run in parallel with each other; within a group, callbacks are serial
+    (so a serializer's change detection never races with itself).
+  csr-model-worker             InferenceNode.run_worker: run_frame()      yes (inference side)
+                               once per control period
+  csr-reconciler-executor      SingleThreadedExecutor with node           yes (builds in a fresh
+                               `csr_reconciler`: timer -> run_once()      KV state; own torch threads)
+
+Shutdown order (on SIGINT/SIGTERM, or when a thread dies): (1) set the stop event: the worker
+finishes its current frame, a running build is cancelled at its next chunk; (2) join the model
+worker; (3) shut the reconciler executor down and join its thread; (4) shut the inference
+executor down (actions and inputs stop last, after the model is quiet) and join it; (5) destroy
+the nodes (reconciler first); (6) close the on-disk ledger (a final fsync); (7) shut the context
+down. Exit code 0 on a clean stop, 2 on a bad parameter, 1 on any other failure.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.context import Context
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+
+from csr_ros.core.config import ConfigError, CsrConfig
+from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
+from csr_ros.nodes.reconciler_node import ReconcilerNode
+
+JOIN_TIMEOUT_S = 30.0
+
+
+# ------------------------------------------------------------------------------ the core
+def build_backend(cfg: CsrConfig):
+    """The model backend named by ``model.backend`` (hf: ``model.model``; fake; openai: ``server.*``)."""
+    m = cfg.model
+    if m.backend == "fake":
+        from csr_ros.core.backends.fake import FakeBackend
+
+        return FakeBackend(delay_s=cfg.fake.delay_s)
+    if m.backend == "hf":
+        from csr_ros.core.backends import hf
+
+        if m.model.startswith("shape:"):
+            return hf.load_shape(m.model.split(":", 1)[1], m.device, m.dtype, m.attention)
+        return hf.load_hf(m.model, m.device, m.dtype, m.attention, m.trust_remote_code)
+    if m.backend == "openai":  # a serving engine (vLLM, SGLang, llama.cpp): the server.* parameters
+        from csr_ros.core.backends import openai
+
+        return openai.from_config(cfg)
+    raise ConfigError(f"parameter model.backend: {m.backend!r} is not a known backend")
+
+
+@dataclass
+class Core:
+    """What the nodes drive: the scheduler, and the reconciler (None when disabled)."""
+
+    scheduler: object
+    reconciler: object | None
+    close: Callable[[], None]
+
+
+def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
+    """Backend, action registry, compactor, on-disk ledger, engine, reconciler and scheduler from
+    the validated config. ``clock_ns`` (the node's ROS clock) stamps chunks and increments; the
+    reconciler's retry back-off runs on the monotonic clock (it must not stop with a paused
+    simulated clock)."""
+    from csr_ros.core.actions import ActionRegistry, resolve_config_file
+    from csr_ros.core.compaction import Compactor
+    from csr_ros.core.engine import CsrEngine
+    from csr_ros.core.entity_memory import EntityMemory
+    from csr_ros.core.ledger_store import LedgerStore
+    from csr_ros.core.policy import system_prompt_with_actions
+    from csr_ros.core.reconciler import ModelSummarizer, Reconciler
+    from csr_ros.core.scheduler import FrameScheduler
+
+    backend = build_backend(cfg)
+    b, c, r, led = cfg.budget, cfg.control, cfg.reconciler, cfg.ledger
+    registry = ActionRegistry.load(resolve_config_file(c.actions_file, "actions.yaml"), c.horizon_steps, c.dt_s)
+    system = cfg.model.system_prompt
+    if c.policy == "registry":  # the entries' descriptions live in the cached prefix (read once)
+        system = system_prompt_with_actions(system, registry)
+    summarizer = ModelSummarizer(backend) if r.policy == "summary" else None
+    compactor = Compactor(r.policy, b.evict_frac, backend.template, backend.encode, summarizer)
+    store = LedgerStore(led.dir, led.fsync, led.batch_period_s) if led.dir else None
+    engine = CsrEngine(backend, b.budget_tokens, b.high_water_frac, b.evict_frac, system, clock_ns,
+                       compactor=compactor, store=store,
+                       memory=EntityMemory() if cfg.memory.focus_enabled else None)
+    reconciler = None
+    if r.enabled:
+        reconciler = Reconciler(backend, r.policy, b.evict_frac, r.threads, time.monotonic_ns,
+                                compactor=compactor, retry_backoff_s=r.retry_backoff_s,
+                                max_backoff_s=r.max_backoff_s, device=r.device)
+    scheduler = FrameScheduler(engine, None, cfg, clock_ns, reconciler, registry=registry,
+                               prompt_ids=_focused_prompt_ids(cfg, engine))
+    return Core(scheduler, reconciler, store.close if store is not None else (lambda: None))
+
+
+def _focused_prompt_ids(cfg: CsrConfig, engine) -> Callable[[str], list[int]] | None:
+    """Question -> query ids with the entity-memory lines of the entities it names (memory.*),
+    appended after the cached state (None: the scheduler's plain query)."""
+    m = cfg.memory
+    if m.answer_context != "state":
+        logging.getLogger("csr_ros.bringup").warning(
+            "memory.answer_context=%s: streamed answers are read from the cached state here", m.answer_context)
+    if not m.focus_enabled:
+        return None
+    from csr_ros.core.answer import state_query_ids
+    from csr_ros.core.focus import FocusMatcher, focus_for
+
+    matcher = FocusMatcher(None, m.focus_threshold)  # exact and normalised names (no embeddings)
+
+    def prompt_ids(question: str) -> list[int]:
+        focus = focus_for(question, engine.memory, engine.ledger.epoch_ns, matcher, m.focus_max_lines)
+        return state_query_ids(engine, question, focus, cfg.language.lead_in)
+
+    return prompt_ids
+
+
+# ------------------------------------------------------------------------------ logging
+class _RosLogHandler(logging.Handler):
+    """Python ``logging`` of the core (csr_ros.*) -> the node's rclpy logger (and /rosout)."""
+
+    def __init__(self, logger):
+        super().__init__()
+        self._logger = logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = f"[{record.name}] {record.getMessage()}"
+            if record.levelno >= logging.ERROR:
+                self._logger.error(msg)
+            elif record.levelno >= logging.WARNING:
+                self._logger.warning(msg)
+            elif record.levelno >= logging.INFO:
+                self._logger.info(msg)
+            else:
+                self._logger.debug(msg)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            pass
+
+
+# ------------------------------------------------------------------------------ the graph
+class Graph:
+    """Both nodes, their executors and threads; :meth:`shutdown` runs the documented order."""
+
+    def __init__(self, context: Context, stop: threading.Event):
+        self.context, self.stop = context, stop
+        self.failed = False  # a thread died: exit code 1
+        self.node = InferenceNode(context)  # declares + validates parameters (ConfigError)
+        cfg = self.node.cfg
+        self.core = build_core(cfg, self.node.now_ns)
+        groups = InferenceGroups(actions=MutuallyExclusiveCallbackGroup(),
+                                 perception=MutuallyExclusiveCallbackGroup(),
+                                 requests=MutuallyExclusiveCallbackGroup(),
+                                 status=MutuallyExclusiveCallbackGroup())
+        self.node.start(self.core.scheduler, groups)
+        self.inference_executor = MultiThreadedExecutor(num_threads=cfg.ros.executor_threads, context=context)
+        self.inference_executor.add_node(self.node)
+        self.reconciler_node = self.reconciler_executor = None
+        if self.core.reconciler is not None:
+            self.reconciler_node = ReconcilerNode(context, self.core.reconciler, cfg.ros.reconciler_period_s,
+                                                  self.stop, MutuallyExclusiveCallbackGroup(),
+                                                  self.node.use_sim_time)
+            self.reconciler_executor = SingleThreadedExecutor(context=context)
+            self.reconciler_executor.add_node(self.reconciler_node)
+        self.threads = {
+            "csr-inference-executor": threading.Thread(target=self._spin, args=(self.inference_executor,)),
+            "csr-model-worker": threading.Thread(target=self._guard, args=(self._model_worker,)),
+        }
+        if self.reconciler_executor is not None:
+            self.threads["csr-reconciler-executor"] = threading.Thread(
+                target=self._spin, args=(self.reconciler_executor,))
+        for name, t in self.threads.items():
+            t.name, t.daemon = name, True
+
+    def _model_worker(self) -> None:
+        threads = self.node.cfg.model.torch_threads
+        if threads and self.node.cfg.model.backend == "hf":
+            import torch
+
+            torch.set_num_threads(threads)  # this thread's own intra-op budget
+        self.node.run_worker(self.stop)
+
+    def _guard(self, fn, *args) -> None:
+        """Thread body: any escape stops the whole graph (it is then shut down in order)."""
+        try:
+            fn(*args)
+        except ExternalShutdownException:  # the context was shut down under the executor
+            self.stop.set()
+        except Exception as e:  # noqa: BLE001
+            self.node.get_logger().fatal(f"{threading.current_thread().name} died: {type(e).__name__}: {e}")
+            self.failed = True
+            self.stop.set()
+
+    def _spin(self, executor) -> None:
+        self._guard(executor.spin)
+
+    def start(self) -> None:
+        for t in self.threads.values():
+            t.start()
+        self.node.get_logger().info(
+            f"csr graph up: {len(self.node.inputs)} inputs, backend {self.node.cfg.model.backend}, "
+            f"{self.node.cfg.control.control_rate_hz:g} Hz actions, threads {', '.join(self.threads)}")
+
+    def wait(self) -> None:
+        """Block until stopped (signal handler, dead thread or :meth:`shutdown`)."""
+        while not self.stop.wait(0.5):
+            pass
+
+    def shutdown(self) -> None:
+        """The documented shutdown order (idempotent)."""
+        self.stop.set()                                                            # (1)
+        if self.core.reconciler is not None:
+            self.core.reconciler.cancel()
+        self._join("csr-model-worker")                                              # (2)
+        if self.reconciler_executor is not None:
+            self.reconciler_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)           # (3)
+            self._join("csr-reconciler-executor")
+        self.inference_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)                # (4)
+        self._join("csr-inference-executor")
+        if self.reconciler_node is not None:                                         # (5)
+            self.reconciler_node.destroy_node()
+        self.node.destroy_node()
+        self.core.close()                                                           # (6)
+        self.context.try_shutdown()                                                 # (7)
+
+    def _join(self, name: str) -> None:
+        t = self.threads.get(name)
+        if t is not None and t.is_alive():
+            t.join(JOIN_TIMEOUT_S)
+            if t.is_alive():
+                logging.getLogger("csr_ros.bringup").error("%s did not stop in %.0f s", name, JOIN_TIMEOUT_S)
+
+
+def _install_signal_handlers(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM set the stop event; the main thread then shuts down in order. A second
+    signal gets the default action (kills a stuck shutdown). The private Context installs no
+    rclpy signal handlers, so these are the only ones."""
+    def handler(signum, _frame):
+        stop.set()
+        signal.signal(signum, signal.SIG_DFL)
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def run(ros_args: Sequence[str] = ()) -> int:
+    """Start the graph with ROS arguments (``--ros-args --params-file F -p k:=v ...``) and block
+    until SIGINT/SIGTERM. Returns the process exit code."""
+    context = Context()
+    rclpy.init(args=["csr_node", *ros_args], context=context)
+    stop = threading.Event()
+    _install_signal_handlers(stop)  # before the (possibly slow) model load: a SIGINT is kept
+    core_log = logging.getLogger("csr_ros")
+    graph = None
+    try:
+        graph = Graph(context, stop)
+        core_log.addHandler(_RosLogHandler(graph.node.get_logger()))
+        core_log.setLevel(logging.INFO)
+        graph.start()
+        graph.wait()
+        return 1 if graph.failed else 0
+    except ConfigError as e:
+        print(f"csr_node: bad configuration: {e}", file=sys.stderr)
+        return 2
+    except Exception:  # noqa: BLE001 - e.g. a model or an action registry that cannot be loaded
+        logging.getLogger("csr_ros.bringup").exception("csr_node failed")
+        return 1
+    finally:
+        if graph is not None:
+            graph.shutdown()
+        else:
+            context.try_shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``csr_node`` executable (launch_ros passes ``--ros-args ...`` in ``sys.argv``)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    return run(args)

@@ -1,0 +1,143 @@
+"""Core types <-> ROS messages. Pure functions: no node, no ``rclpy.init`` needed (tests call them
+directly). Stamps in the core are integer nanoseconds of ROS time (``stamp_ns``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from builtin_interfaces.msg import Duration, Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
+
+if TYPE_CHECKING:  # the core types; imported lazily so this module loads before them
+    from csr_ros.core.ledger import Increment
+    from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
+
+_NS = 1_000_000_000
+_U32 = 2**32 - 1
+_U64 = 2**64 - 1
+
+
+def ns_to_time(stamp_ns: int) -> Time:
+    """Nanoseconds -> builtin_interfaces/Time (negative stamps clamp to 0)."""
+    stamp_ns = max(0, int(stamp_ns))
+    return Time(sec=stamp_ns // _NS, nanosec=stamp_ns % _NS)
+
+
+def time_to_ns(t: Time) -> int:
+    """builtin_interfaces/Time -> nanoseconds."""
+    return int(t.sec) * _NS + int(t.nanosec)
+
+
+def s_to_duration(seconds: float) -> Duration:
+    """Seconds (>= 0) -> builtin_interfaces/Duration, rounded to the nanosecond."""
+    ns = max(0, round(seconds * _NS))
+    return Duration(sec=ns // _NS, nanosec=ns % _NS)
+
+
+def _u(value: int, limit: int) -> int:
+    """Clamp a counter into an unsigned message field."""
+    return min(max(0, int(value)), limit)
+
+
+def chunk_to_msg(chunk: "ChunkOut", frame_id: str = "") -> ActionChunk:
+    """ChunkOut -> csr_ros/ActionChunk (``data`` row-major horizon x len(names))."""
+    return ActionChunk(
+        header=Header(stamp=ns_to_time(chunk.stamp_ns), frame_id=frame_id),
+        observation_stamp=ns_to_time(chunk.observation_stamp_ns),
+        state_version=_u(chunk.state_version, _U64),
+        names=list(chunk.names),
+        dt=float(chunk.dt_s),
+        horizon=_u(chunk.horizon, _U32),
+        data=[float(v) for v in chunk.data],
+        action=chunk.action,
+        valid_until=ns_to_time(chunk.valid_until_ns),
+        is_hold=bool(chunk.is_hold),
+    )
+
+
+def chunk_to_trajectory(chunk: "ChunkOut") -> JointTrajectory | None:
+    """ChunkOut -> trajectory_msgs/JointTrajectory for ros2_control's joint_trajectory_controller.
+
+    ``header.stamp`` = chunk start (the controller replaces its trajectory at that time),
+    ``points[k].time_from_start`` = k * dt_s, ``points[k].positions`` = row k of ``data``.
+    Returns None for a chunk without joints (e.g. a purely symbolic action).
+    """
+    width = len(chunk.names)
+    if width == 0 or chunk.horizon <= 0 or len(chunk.data) != chunk.horizon * width:
+        return None
+    points = [
+        JointTrajectoryPoint(positions=[float(v) for v in chunk.data[k * width:(k + 1) * width]],
+                             time_from_start=s_to_duration(k * chunk.dt_s))
+        for k in range(chunk.horizon)
+    ]
+    return JointTrajectory(header=Header(stamp=ns_to_time(chunk.stamp_ns)),
+                           joint_names=list(chunk.names), points=points)
+
+
+def language_to_msg(out: "LanguageOut", stamp_ns: int) -> Utterance:
+    """LanguageOut -> csr_ros/Utterance (same request_id; partial deltas, then one final)."""
+    return Utterance(header=Header(stamp=ns_to_time(stamp_ns)), request_id=out.request_id,
+                     text=out.text, is_final=bool(out.is_final), context=out.context)
+
+
+def status_to_msg(status: "StatusOut", stamp_ns: int, extra_rejected: int = 0) -> CacheStatus:
+    """StatusOut -> csr_ros/CacheStatus; ``extra_rejected`` adds the ingest's rejections
+    (malformed messages that never reached the engine)."""
+    return CacheStatus(
+        header=Header(stamp=ns_to_time(stamp_ns)),
+        state_version=_u(status.state_version, _U64),
+        cached_tokens=_u(status.cached_tokens, _U32),
+        budget_tokens=_u(status.budget_tokens, _U32),
+        increments_total=_u(status.increments_total, _U64),
+        increments_rejected=_u(status.increments_rejected + extra_rejected, _U64),
+        evictions=_u(status.evictions, _U64),
+        reconciler_state=status.reconciler_state,
+        last_ttft_ms=float(status.last_ttft_ms),
+        last_rebuild_ms=float(status.last_rebuild_ms),
+        frame_overruns=_u(status.frame_overruns, _U64),
+        sync_fallbacks=_u(status.sync_fallbacks, _U64),
+    )
+
+
+def diagnostic_level(status: "StatusOut") -> tuple[bytes, str]:
+    """Health of the cached state: (DiagnosticStatus level, message)."""
+    if status.reconciler_state == CacheStatus.RECONCILER_FAILED:
+        return DiagnosticStatus.WARN, "reconciler failed: compaction falls back to synchronous eviction"
+    if status.cached_tokens >= status.budget_tokens:
+        return DiagnosticStatus.WARN, "cached state at its token budget"
+    return DiagnosticStatus.OK, "ok"
+
+
+def status_to_diagnostics(status: "StatusOut", stamp_ns: int, name: str = "csr: cached state",
+                          hardware_id: str = "", extra_rejected: int = 0) -> DiagnosticArray:
+    """StatusOut -> diagnostic_msgs/DiagnosticArray with one status (all fields as key/values)."""
+    level, message = diagnostic_level(status)
+    fields = {
+        "state_version": status.state_version, "cached_tokens": status.cached_tokens,
+        "budget_tokens": status.budget_tokens, "increments_total": status.increments_total,
+        "increments_rejected": status.increments_rejected + extra_rejected,
+        "evictions": status.evictions, "reconciler_state": status.reconciler_state,
+        "last_ttft_ms": f"{status.last_ttft_ms:.1f}", "last_rebuild_ms": f"{status.last_rebuild_ms:.1f}",
+        "frame_overruns": status.frame_overruns, "sync_fallbacks": status.sync_fallbacks,
+    }
+    item = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
+                            values=[KeyValue(key=k, value=str(v)) for k, v in fields.items()])
+    return DiagnosticArray(header=Header(stamp=ns_to_time(stamp_ns)), status=[item])
+
+
+def increment_to_msg(inc: "Increment", state_version: int, frame_id: str = "") -> StateIncrement:
+    """An accepted core Increment -> csr_ros/StateIncrement (stamp = the source message's)."""
+    return StateIncrement(header=Header(stamp=ns_to_time(inc.stamp_ns), frame_id=frame_id),
+                          source=inc.source, sequence=_u(inc.seq, _U64), text=inc.text,
+                          num_tokens=_u(inc.num_tokens, _U32),
+                          state_version=_u(state_version, _U64))
+
+
+def utterance_request(msg: Utterance) -> tuple[str, str]:
+    """A request Utterance -> (request_id, question text)."""
+    return msg.request_id, msg.text
