@@ -1,0 +1,129 @@
+"""Query-time focus: which entities a question names, and their entity-memory lines.
+
+A small model reads one fact well and cannot pick one fact out of many, so a question gets the
+memory lines of the entities it names appended right before it (after the cached state, never
+inside it: the state stays prefix-stable and the lines are cropped away with the query).
+
+Matching, in order (pure string work; the embedding model is injected, so the core stays light):
+
+1. exact: the entity key occurs in the question as written (whole words);
+2. normalised: lower case, ``_ - . /`` and other punctuation as spaces, whitespace collapsed
+   (``red_cup`` matches "the Red Cup");
+3. only when 1-2 found nothing: ``similarity(question, entities)`` (e.g. all-MiniLM-L6-v2
+   cosine similarity) at or above ``threshold``, best first.
+
+A match that lies inside a longer match is dropped ("cup" inside "red cup").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from csr_ros.core.entity_memory import EntityMemory
+
+Similarity = Callable[[str, Sequence[str]], Sequence[float]]
+"""``similarity(question, entities) -> one score per entity`` (cosine, higher = closer)."""
+
+_PUNCT = re.compile(r"[^0-9a-z]+")
+
+
+def normalise(text: str) -> str:
+    """Lower case, every run of non-alphanumerics as one space, trimmed."""
+    return _PUNCT.sub(" ", text.lower()).strip()
+
+
+@dataclass(frozen=True)
+class FocusMatch:
+    """An entity a question names. ``how``: exact | normalised | similar; ``score`` in [0, 1]."""
+
+    entity: str
+    how: str
+    score: float
+
+
+def _spans(haystack: str, needle: str) -> list[tuple[int, int]]:
+    if not needle:
+        return []
+    rx = re.compile(r"(?<![0-9A-Za-z])" + re.escape(needle) + r"(?![0-9A-Za-z])")
+    return [m.span() for m in rx.finditer(haystack)]
+
+
+def _drop_nested(found: dict[str, list[tuple[int, int]]]) -> list[str]:
+    """Entities with at least one span not inside another entity's longer span."""
+    keep = []
+    for e, spans in found.items():
+        others = [s for o, ss in found.items() if o != e for s in ss]
+        if any(not any(a <= s0 and s1 <= b and (b - a) > (s1 - s0) for a, b in others) for s0, s1 in spans):
+            keep.append(e)
+    return keep
+
+
+class FocusMatcher:
+    """Finds the entities a question names (see the module doc).
+
+    Args:
+        similarity: fallback scorer (None: no fallback).
+        threshold: minimum fallback score, same scale as ``similarity``.
+        max_entities: most entities returned, best first.
+    """
+
+    def __init__(self, similarity: Similarity | None = None, threshold: float = 0.55, max_entities: int = 4):
+        self.similarity, self.threshold, self.max_entities = similarity, threshold, max_entities
+
+    def match(self, question: str, entities: Sequence[str]) -> list[FocusMatch]:
+        """Matches, longest key first for text matches, best score first for the fallback."""
+        nq = normalise(question)
+        found: dict[str, list[tuple[int, int]]] = {}
+        for e in entities:
+            spans = _spans(nq, normalise(e))
+            if spans:
+                found[e] = spans
+        if found:
+            kept = sorted(_drop_nested(found), key=lambda e: (-len(normalise(e)), e))
+            how = {e: "exact" if _spans(question, e) else "normalised" for e in kept}
+            return [FocusMatch(e, how[e], 1.0) for e in kept[: self.max_entities]]
+        return self._similar(question, entities)
+
+    def _similar(self, question: str, entities: Sequence[str]) -> list[FocusMatch]:
+        if self.similarity is None or not entities:
+            return []
+        scores = list(self.similarity(question, list(entities)))
+        ranked = sorted(((s, e) for e, s in zip(entities, scores) if s >= self.threshold), key=lambda x: (-x[0], x[1]))
+        return [FocusMatch(e, "similar", float(s)) for s, e in ranked[: self.max_entities]]
+
+
+def entity_keys(memory: EntityMemory) -> dict[str, list[str]]:
+    """Entity name -> its memory keys (``"<entity>.<attribute>"``); topic keys are not entities."""
+    out: dict[str, list[str]] = {}
+    for key in memory.keys():
+        if key.startswith("/") or "." not in key:
+            continue
+        out.setdefault(key.rsplit(".", 1)[0], []).append(key)
+    return out
+
+
+@dataclass(frozen=True)
+class Focus:
+    """What focus found for one question: the matches and the memory lines to append."""
+
+    matches: tuple[FocusMatch, ...]
+    lines: tuple[str, ...]
+
+    @property
+    def entities(self) -> tuple[str, ...]:
+        return tuple(m.entity for m in self.matches)
+
+
+def focus_for(question: str, memory: EntityMemory | None, epoch_ns: int, matcher: FocusMatcher,
+              max_lines: int = 4) -> Focus:
+    """The memory lines of the entities ``question`` names (at most ``max_lines``, best first)."""
+    if memory is None or len(memory) == 0:
+        return Focus((), ())
+    by_entity = entity_keys(memory)
+    matches = matcher.match(question, list(by_entity))
+    lines: list[str] = []
+    for m in matches:
+        lines += memory.render(epoch_ns, by_entity[m.entity])
+    return Focus(tuple(matches), tuple(lines[:max_lines]))
