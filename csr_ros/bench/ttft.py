@@ -178,9 +178,27 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="'default' also times csr/query_only/decode with transformers' default attention")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
+    add_server_args(p)
+
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    """``--backend openai``: the serving-engine backend (see :mod:`csr_ros.bench.ttft_server`)."""
+    g = p.add_argument_group("serving engine (--backend openai)")
+    g.add_argument("--backend", choices=["hf", "openai"], default="hf",
+                   help="hf: in-process model; openai: a running llama-server / vLLM / SGLang server")
+    g.add_argument("--url", action="append", default=None, help="server URL (repeat, or --url2, for two servers)")
+    g.add_argument("--url2", default=None, help="second server URL (the standby lane)")
+    g.add_argument("--dialect", default="llamacpp", choices=["llamacpp", "vllm", "sglang", "openai"])
+    g.add_argument("--tokenizer", default="embedded", help="local HF folder of the served model's tokenizer")
+    g.add_argument("--served-model", default="", help="model name for the /v1 APIs (default: first of /v1/models)")
+    g.add_argument("--timeout-s", type=float, default=300.0, help="per-request timeout, s")
 
 
 def run(args) -> dict:
+    if getattr(args, "backend", "hf") == "openai":
+        from csr_ros.bench import ttft_server
+
+        return ttft_server.run(args)
     import torch
 
     if args.threads:
