@@ -10,7 +10,7 @@ shows.
 * ``asr``  - the reconciler builds compacted states on a second thread with its own torch
   thread budget (``--rebuild-threads``); the loop only swaps them in at frame boundaries.
 * ``sync`` - the baseline: when the state reaches the high-water mark, the next query frame
-  compacts and re-prefills on the query path (``--sync-threads``, by default all the cores).
+  compacts and re-prefills on the query path (``--sync-threads``, default 1 = the asr inference budget).
 
 Both use the same compaction policy (default ``entity_memory``), so ``lost_increments`` compares
 like with like: accepted increments that are neither in the final state nor represented by its
@@ -65,9 +65,21 @@ class ModeResult:
     rebuild_cpu_ms: list[float] = field(default_factory=list)  # asr: CPU time of the reconciler thread
     busy_s: float = 0.0  # time the reconciler spent building (asr)
     load_avg: list[float] = field(default_factory=list)  # 1-min load average at the mode's start/end
+    external_cores: float = 0.0  # mean CPU cores used by OTHER processes during the mode
     wall_s: float = 0.0
     accounting: dict = field(default_factory=dict)
     counters: dict = field(default_factory=dict)
+
+
+def _cpu_busy_s() -> tuple[float, float]:
+    """(CPU seconds all processes were busy, CPU seconds of this process) so far (Linux; 0s elsewhere)."""
+    try:
+        fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        busy = (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        busy = 0.0
+    t = os.times()
+    return busy, t.user + t.system
 
 
 def _stats(ms: list[float]) -> dict:
@@ -153,6 +165,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
     gc.collect()
     gc.freeze()
     res.load_avg.append(os.getloadavg()[0])
+    cpu_start = _cpu_busy_s()
     t_start = time.perf_counter()
     building_since = None
     frame = 0
@@ -204,6 +217,8 @@ def run_mode(be, args, mode: str) -> ModeResult:
     finally:
         res.wall_s = time.perf_counter() - t_start
         res.load_avg.append(os.getloadavg()[0])
+        busy, ours = (b - a for a, b in zip(cpu_start, _cpu_busy_s()))
+        res.external_cores = max(0.0, busy - ours) / max(res.wall_s, 1e-9)
         if worker is not None:
             worker.stop()
         gc.unfreeze()
@@ -231,6 +246,7 @@ def summarize(res: ModeResult, window_s: float = 1.0) -> dict:
            "near_swap": _stats(near), "during_rebuild": _stats(during), "no_rebuild": _stats(idle),
            "rebuild_ms": _stats(res.rebuild_ms), "rebuild_cpu_ms": _stats(res.rebuild_cpu_ms), "rebuild_busy_frac": round(res.busy_s / max(res.wall_s, 1e-9), 3),
            "wall_s": round(res.wall_s, 1), "load_avg_1min": res.load_avg,
+           "external_cpu_cores": round(res.external_cores, 3),  # other processes on this machine
            # CPU time / wall time of the query calls on the inference thread (1.0: never preempted)
            "query_cpu_over_wall": {"p50": round(cpu[len(cpu) // 2], 3), "min": round(cpu[0], 3)} if cpu else {}}
     out.update(res.accounting)
@@ -269,15 +285,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=int, default=1024, help="budget_tokens (hard limit)")
     p.add_argument("--high-water", type=float, default=0.6, help="high_water_frac")
-    p.add_argument("--evict-frac", type=float, default=0.35,
-                   help="fraction of the increments' tokens a compaction evicts (small: short, even cycles)")
+    p.add_argument("--evict-frac", type=float, default=0.6)
     p.add_argument("--policy", default="entity_memory", choices=("drop_oldest", "entity_memory", "summary"))
     p.add_argument("--increment-hz", type=float, default=3.0)
     p.add_argument("--query-hz", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the inference thread (asr)")
     p.add_argument("--rebuild-threads", type=int, default=1, help="torch threads of the reconciler thread")
-    p.add_argument("--sync-threads", type=int, default=2,
-                   help="torch threads of the sync baseline (default: all the cores, it has no reconciler)")
+    p.add_argument("--sync-threads", type=int, default=1,
+                   help="torch threads of the sync baseline (default: the same inference budget as asr)")
     p.add_argument("--ride-along", dest="flush_every_frame", action="store_false",
                    help="let increments ride along with the next query (default: each frame appends its own)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="rebuild prefill chunk")
@@ -293,7 +308,8 @@ def print_summary(name: str, s: dict) -> None:
     print(f"{name:>5}: cycles {s['cycles']:>4}  queries {s['queries']:>4}  TTFT p50 {s['ttft_ms_p50']} ms  "
           f"p99 {s['ttft_ms_p99']} ({s['p99_over_p50']}x)  max {s['ttft_ms_max']} ({s['max_over_p50']}x)  "
           f"rebuild p50 {s['rebuild_ms'].get('p50')} ms  lost {s['lost_increments']}  "
-          f"sync fallbacks {s['sync_fallbacks']}  wall {s['wall_s']} s")
+          f"sync fallbacks {s['sync_fallbacks']}  wall {s['wall_s']} s  "
+          f"other processes {s['external_cpu_cores']} cores")
 
 
 def run(args) -> dict:

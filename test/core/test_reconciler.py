@@ -228,3 +228,13 @@ def test_model_summarizer_runs_greedy_on_a_fresh_state(tiny, one_thread):
 def test_a_second_device_is_refused_clearly(fake):
     with pytest.raises(ValueError, match="not supported"):
         Reconciler(fake, device="cuda:1")
+
+
+def test_a_build_made_stale_by_the_fallback_is_cancelled_at_the_frame_boundary(fake):
+    eng, rec = setup(fake)
+    fill_to_high_water(eng, rec)
+    assert reconcile_at_frame(eng, rec) == "request" and rec.target_version == 1
+    eng.compact_now("test")  # the hard-limit fallback ran meanwhile: version 1 is served already
+    reconcile_at_frame(eng, rec)  # sees the stale build and cancels it
+    assert not rec.run_once()
+    assert rec.counters.cancelled == 1 and rec.counters.failures == 0 and rec.state == "idle"
