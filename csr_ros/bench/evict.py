@@ -194,13 +194,17 @@ def run_mode(be, args, mode: str) -> ModeResult:
             if not eager:
                 _arrive(eng, rec, accepted, k + frame, args)
             if is_query:
+                phase, busy0 = rec.phase if rec is not None else "", _cpu_busy_s()
                 t_call, cpu0 = time.perf_counter(), time.thread_time()
                 r = eng.query(QUESTION, max_new_tokens=1)
                 cpu_ms = (time.thread_time() - cpu0) * 1e3  # < call_ms: this thread was preempted
+                busy, ours = (b - a for a, b in zip(busy0, _cpu_busy_s()))
                 ttft_ms = (t_call - t_sched + r.ttft_s) * 1e3
                 res.queries.append({"t_s": round(t_sched - t_start, 3), "ttft_ms": round(ttft_ms, 2),
                                     "call_ms": round(r.ttft_s * 1e3, 2), "cpu_ms": round(cpu_ms, 2),
-                                    "state_tokens": r.state_tokens,
+                                    "state_tokens": r.state_tokens, "rebuild_phase": phase,
+                                    # CPU cores other processes used during the call (coarse: 10 ms ticks)
+                                    "other_cores": round(max(0.0, busy - ours) / max(r.ttft_s, 1e-3), 2),
                                     "rebuilding": rec is not None and rec.state == "building"})
                 usage = getattr(eng.kv, "last_usage", None)  # a server's own prompt accounting
                 if usage is not None:

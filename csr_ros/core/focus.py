@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from csr_ros.core.entity_memory import EntityMemory
+from csr_ros.core.entity_memory import EntityMemory, clean_value
 
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 """``similarity(question, entities) -> one score per entity`` (cosine, higher = closer)."""
@@ -104,6 +104,28 @@ def entity_keys(memory: EntityMemory) -> dict[str, list[str]]:
     return out
 
 
+def render_lines(memory: EntityMemory, keys: Sequence[str], epoch_ns: int) -> list[str]:
+    """Two lines per key, its first and its newest observation (times since ``epoch_ns``)::
+
+        red cup location first seen: kitchen (at 12.3 s)
+        red cup location last seen: bedroom (at 95.1 s)
+
+    One labelled fact per line: a 135M model reads one fact well and mixes facts packed in one
+    line (measured on development episodes, see episodes/README.md).
+    """
+    out = []
+    for key in keys:
+        e = memory.get(key)
+        if e is None:
+            continue
+        entity, _, attribute = key.rpartition(".")
+        name = f"{entity} {attribute}" if entity else key
+        for label, obs in (("first seen", e.first), ("last seen", e.last)):
+            value = clean_value(obs.value, memory.max_value_chars)
+            out.append(f"{name} {label}: {value} (at {(obs.stamp_ns - epoch_ns) / 1e9:.1f} s)")
+    return out
+
+
 @dataclass(frozen=True)
 class Focus:
     """What focus found for one question: the matches and the memory lines to append."""
@@ -125,5 +147,5 @@ def focus_for(question: str, memory: EntityMemory | None, epoch_ns: int, matcher
     matches = matcher.match(question, list(by_entity))
     lines: list[str] = []
     for m in matches:
-        lines += memory.render(epoch_ns, by_entity[m.entity])
+        lines += render_lines(memory, by_entity[m.entity], epoch_ns)
     return Focus(tuple(matches), tuple(lines[:max_lines]))

@@ -128,6 +128,7 @@ class Reconciler:
         self._wake = threading.Event()
         self._cancel = threading.Event()
         self._state = "idle"
+        self.phase = "idle"  # what the build is doing: idle | planning | prefill | replay (diagnostics)
         self._snapshot: StateLedger | None = None
         self.target_version = -1  # version of the state being built (or last built)
         self._notified: list[Increment] = []
@@ -249,16 +250,22 @@ class Reconciler:
         return torch.cuda.stream(self._stream)
 
     def _build(self, snap: StateLedger, stop: Callable[[], bool]) -> tuple[StateLedger, object]:
-        ledger, _plan = self.compactor.compact(snap)  # may call the summariser (model)
-        # a serving-engine backend warms the compacted prompt on its standby lane (promoted on install)
-        kv = getattr(self.backend, "new_build_state", self.backend.new_state)()
-        with self._stream_ctx():
-            if kv.prefill(ledger.token_ids(), self.chunk_tokens, stop) is None:
-                raise BuildCancelled()
-            self._replay(ledger, kv, stop)
-            if self._stream is not None:
-                self._stream.synchronize()
-        return ledger, kv
+        try:
+            self.phase = "planning"
+            ledger, _plan = self.compactor.compact(snap)  # may call the summariser (model)
+            # a serving-engine backend warms the compacted prompt on its standby lane (promoted on install)
+            kv = getattr(self.backend, "new_build_state", self.backend.new_state)()
+            with self._stream_ctx():
+                self.phase = "prefill"
+                if kv.prefill(ledger.token_ids(), self.chunk_tokens, stop) is None:
+                    raise BuildCancelled()
+                self.phase = "replay"
+                self._replay(ledger, kv, stop)
+                if self._stream is not None:
+                    self._stream.synchronize()
+            return ledger, kv
+        finally:
+            self.phase = "idle"
 
     def _replay(self, ledger: StateLedger, kv, stop: Callable[[], bool], rounds: int = 8) -> None:
         """Append the increments notified during the build (one forward per round)."""

@@ -208,7 +208,7 @@ def params_for(phrasing: Phrasing) -> dict:
         }}}}
 
 
-def make_episode(out: str | Path, seed: int, n_messages: int = 330, n_questions: int = 28,
+def make_episode(out: str | Path, seed: int, n_messages: int = 280, n_questions: int = 24,
                  n_objects: int = 16, storage: str = "mcap", phrasing: Phrasing = Phrasing()) -> dict:
     """Write ``OUT/bag`` (rosbag2), ``OUT/qa.jsonl`` and ``OUT/params.yaml``; returns a summary."""
     out = Path(out)
@@ -242,8 +242,8 @@ def make_episode(out: str | Path, seed: int, n_messages: int = 330, n_questions:
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="output folder (gets bag/, qa.jsonl, params.yaml)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--messages", type=int, default=330, help="messages in the bag")
-    p.add_argument("--questions", type=int, default=28)
+    p.add_argument("--messages", type=int, default=280, help="messages in the bag")
+    p.add_argument("--questions", type=int, default=24)
     p.add_argument("--objects", type=int, default=16, help=f"objects in the house (<= {len(OBJECTS)})")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
 

@@ -181,3 +181,27 @@ def test_shipped_episode_is_small_valid_and_consistent():
     assert size < 1_000_000
     qa = _check_answers_from_bag(SHIPPED)
     assert len(qa) >= 10
+
+
+def test_readme_pattern_examples_produce_the_documented_facts():
+    import re as _re
+
+    import yaml
+
+    text = (ROOT / "episodes" / "README.md").read_text()
+    block = _re.search(r"```yaml\n(/\*\*:.*?)```", text, _re.S).group(1)
+    flat = {}
+    for k, v in yaml.safe_load(block)["/**"]["ros__parameters"]["inputs"].items():
+        if k == "names":
+            flat["inputs.names"] = v
+        else:
+            flat.update({f"inputs.{k}.{f}": x for f, x in v.items()})
+    per = Perception(parse_inputs(flat))
+    S = typestore().types["std_msgs/msg/String"]
+    cases = {"/observations": ("I see the red cup on the table in the kitchen.", ("red cup", "location", "kitchen")),
+             "/detector/objects": ('{"label": "red_cup", "room": "kitchen", "score": 0.91}',
+                                   ("red_cup", "location", "kitchen")),
+             "/doors": ("front door: OPEN", ("front door", "state", "OPEN"))}
+    for i, (topic, (msg, fact)) in enumerate(cases.items()):
+        o = per(topic, "std_msgs/msg/String", S(data=msg), i)
+        assert [(f.entity, f.attribute, f.value) for f in o.facts] == [fact]

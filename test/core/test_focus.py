@@ -70,12 +70,12 @@ def test_focus_lines_are_the_asked_entity_memory_lines():
                                 "shoulder": ["shoulder.position"]}  # topic keys are not entities
     f = focus_for("Where is the red cup now?", mem, 0, FocusMatcher())
     assert f.entities == ("red cup",)
-    assert f.lines == tuple(mem.render(0, ["red cup.location"]))
-    assert "garage" in f.lines[0] and "kitchen" in f.lines[0]
+    assert f.lines == ("red cup location first seen: kitchen (at 1.0 s)",
+                       "red cup location last seen: garage (at 9.0 s)")
     assert focus_for("Where is the cat?", mem, 0, FocusMatcher()).lines == ()
     assert focus_for("anything", EntityMemory(), 0, FocusMatcher()).lines == ()
-    both = focus_for("red cup and blue mug", mem, 0, FocusMatcher(), max_lines=1)
-    assert len(both.lines) == 1
+    both = focus_for("red cup and blue mug", mem, 0, FocusMatcher(), max_lines=3)
+    assert len(both.lines) == 3 and both.entities == ("blue mug", "red cup")
 
 
 def test_recent_naming_newest_first_kept_in_order():
@@ -104,7 +104,7 @@ def test_state_context_appends_after_the_state_and_is_cropped(fake):
     p = A.build(eng, "Where is the red cup?", f, "state", "The red cup is in the")
     text = fake.decode(p.ids)
     assert p.context == "state" and f.lines[0] in text and text.endswith("The red cup is in the")
-    assert text.index(f.lines[0]) < text.index("Where is the red cup?")
+    assert text.index("Where is the red cup?") < text.index(f.lines[0])  # in the answer turn
     scores = A.score(eng, p, ["garage", "kitchen"])
     assert len(scores) == 2
     g = A.generate(eng, p, 8)
@@ -159,3 +159,38 @@ def test_configured_answer_contexts(fake):
     assert A.AnswerContexts(cfg).build(eng, "Where is the red cup?", context="state").context == "state"
     eng.memory = None
     assert on.focus(eng, "Where is the red cup?").lines == ()
+
+
+def test_without_focus_the_state_query_is_the_template_query(fake):
+    t = fake.template
+    assert A.state_query_text(t, "Where  is the cup?", (), "The cup is in the") == \
+        t.query("Where  is the cup?", None, "The cup is in the")
+    with_lines = A.state_query_text(t, "Where is the cup?", ("cup location last seen: sink (at 1.0 s)",), "The cup")
+    assert with_lines.startswith(t.query("Where is the cup?", None, ""))
+    assert with_lines.endswith("cup location last seen: sink (at 1.0 s)\nThe cup")
+
+
+def test_focus_lines_survive_a_restart_from_the_on_disk_ledger(fake, tmp_path):
+    from csr_ros.core.compaction import Compactor
+    from csr_ros.core.ledger_store import LedgerStore
+
+    def make():
+        comp = Compactor("entity_memory", 0.5, fake.template, fake.encode)
+        return CsrEngine(fake, budget_tokens=900, compactor=comp, store=LedgerStore(tmp_path), memory=EntityMemory())
+
+    eng = make()
+    for k in range(60):  # several compactions: most sightings are evicted from the state
+        room = ("kitchen", "garage", "office")[k % 3]
+        eng.submit("/observations", (10 + k) * S, f"I see the red cup in the {room}.",
+                   (Fact("red cup", "location", room, (10 + k) * S),) if k % 2 else ())
+        eng.flush()
+    assert eng.counters.sync_evictions >= 2
+    q = "Where is the red cup now?"
+    before = focus_for(q, eng.memory, eng.ledger.epoch_ns, FocusMatcher())
+    eng.store.close()
+    eng2 = make()
+    after = focus_for(q, eng2.memory, eng2.ledger.epoch_ns, FocusMatcher())
+    assert after == before and before.lines[0].startswith("red cup location first seen: garage (at 1.0 s)")
+    p1 = A.build(eng, q, before, "memory", "The red cup is in the")
+    assert A.build(eng2, q, after, "memory", "The red cup is in the").ids == p1.ids
+    eng2.store.close()

@@ -19,18 +19,26 @@ pytestmark = pytest.mark.server
 S = 1_000_000_000
 
 
-def _cycles(be, cycles: int, budget: int = 1024, max_frames: int = 600) -> dict:
-    """Frame loop: every frame one increment (warmed at once), every other frame a question
-    (first token); the reconciler thread builds on the standby lane. Returns what it saw."""
+def _cycles(be, cycles: int, budget: int = 1024, max_frames: int = 600, period_s: float = 0.5) -> dict:
+    """Frame loop at ``1 / period_s`` Hz: every frame one increment (warmed at once), every other
+    frame a question (first token); the reconciler thread builds on the standby lane and a ready
+    state is swapped in at a frame's end. Returns what it saw.
+
+    2 Hz as in ``csr-ros bench evict``: a build (~3 s of warm-up here) must finish before the
+    increments arriving meanwhile fill the budget, or the engine falls back to a synchronous
+    eviction (which the two-server test counts as a failure)."""
     rec = Reconciler(be, policy="entity_memory", evict_frac=0.6, chunk_tokens=256)
     eng = CsrEngine(be, budget_tokens=budget, high_water_frac=0.6, evict_frac=0.6,
                     compactor=rec.compactor, memory=EntityMemory())
     q_len = len(eng.query_ids(QUESTION))
     seen = {"accepted": [], "ttft_ms": [], "query_evaluated": [], "swap_lanes": [], "q_len": q_len}
     with ReconcilerThread(rec, poll_s=0.005):
+        t_next = time.perf_counter()
         for k in range(max_frames):
             if eng.counters.swaps >= cycles:
                 break
+            time.sleep(max(0.0, t_next - time.perf_counter()))
+            t_next += period_s
             if k % 2 == 0:
                 r = eng.query(QUESTION, max_new_tokens=1)
                 seen["ttft_ms"].append(r.ttft_s * 1e3)
@@ -43,7 +51,6 @@ def _cycles(be, cycles: int, budget: int = 1024, max_frames: int = 600) -> dict:
             if reconcile_at_frame(eng, rec) == "swap":  # at the frame's end
                 seen["swap_lanes"].append((str(eng.kv.lane), str(be.pool.primary)))
                 eng.flush()  # increments newer than the built state: warmed on the new primary now
-            time.sleep(0.01)
     eng.flush()
     assert eng.check_invariant()
     seen.update(account(eng, seen["accepted"]), swaps=eng.counters.swaps, sync=eng.counters.sync_evictions,
