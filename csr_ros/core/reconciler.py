@@ -228,6 +228,12 @@ class Reconciler:
             self._state, self._notified = "ready", []
         return True
 
+    def abandon(self, e: Exception) -> None:
+        """A failure that escaped :meth:`run_once` (a bug, an injected fault): treated like a
+        failed build (state ``failed``, back-off, the old state keeps serving), so the
+        reconciler never stays ``building`` with nobody building. Called by the thread guards."""
+        self._failed(e)
+
     def _failed(self, e: Exception) -> None:
         with self._lock:
             self._fail_streak += 1
@@ -321,8 +327,11 @@ class ReconcilerThread:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            if self.reconciler.wait_for_request(self.poll_s):
-                self.reconciler.run_once(self._stop.is_set)
+            try:
+                if self.reconciler.wait_for_request(self.poll_s):
+                    self.reconciler.run_once(self._stop.is_set)
+            except Exception as e:  # noqa: BLE001 - the thread must outlive any failure
+                self.reconciler.abandon(e)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._stop.set()

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.actions import ActionRegistry, registry_from_config
+from csr_ros.core.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
+                                 request_refusal)
 from csr_ros.core.language import LanguageBatch, LanguageOut, ScoreRider
 from csr_ros.core.ledger import Increment
 from csr_ros.core.policy import make_policy
@@ -81,6 +83,9 @@ class StatusOut:
     holds_published: int = 0
     open_requests: int = 0
     language_tokens: int = 0
+    requests_refused: int = 0
+    increments_coalesced: int = 0
+    instructions_rejected: int = 0
 
 
 @dataclass(frozen=True)
@@ -98,6 +103,7 @@ class SchedulerCounters:
     append_failures: int = 0
     holds_published: int = 0
     refused_requests: int = 0
+    instructions_rejected: int = 0
     last_frame_ms: float = 0.0
     last_error: str = ""
 
@@ -130,12 +136,14 @@ class FrameScheduler:
         self.dt_ns = round(self.registry.dt_s * 1e9)
         self.validity_ns = round(min(c.chunk_valid_s, self.registry.horizon_steps * self.registry.dt_s) * 1e9)
         self.k, self.max_open, self.max_question_chars = lang.tokens_per_frame, lang.max_open_requests, lang.max_question_chars
+        self.max_id_chars = lang.max_request_id_chars
         self.lang_engine = language_engine if language_engine is not None else engine
         self.language = LanguageBatch(self.lang_engine, lang.max_new_tokens, lang.lead_in, batched_language,
                                       prompt_ids, clock_ns)
         self.counters = SchedulerCounters()
         self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
-        self._inbox: list[tuple[str, int, str, tuple]] = []
+        self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
+        self._tlog = ThrottledLog(log, cfg.ros.reject_log_throttle_s)  # a fault or a flood: no log storm
         self._asks: list[tuple[str, str, int]] = []
         self._active: set[str] = set()
         self._accepted: list[Increment] = []
@@ -152,15 +160,19 @@ class FrameScheduler:
 
     # ------------------------------------------------------------------ producers (any thread)
     def submit_increment(self, source: str, stamp_ns: int, text: str, facts: Sequence = ()) -> None:
-        """Queue an observation; it is rendered, tokenized and appended by the next frame."""
+        """Queue an observation; it is rendered, tokenized and appended by the next frame. At most
+        ``control.queue_depth_per_input`` wait per source: beyond it the oldest waiting one of
+        that source is dropped (coalesced, counted in ``status().increments_coalesced``)."""
         with self._lock:
-            self._inbox.append((str(source), int(stamp_ns), str(text), tuple(facts)))
+            self._inbox.put(str(source), int(stamp_ns), str(text), facts)
 
     def ask(self, request_id: str, question: str) -> LanguageOut | None:
-        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece."""
+        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
+        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
-        why = ("empty request id" if not rid else "empty question" if not q else
-               f"question longer than {self.max_question_chars} characters" if len(q) > self.max_question_chars else "")
+        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
+        if why:
+            rid = printable_id(rid, self.max_id_chars)
         with self._lock:
             if not why and rid in self._active:
                 why = f"request {rid!r} is already open"
@@ -173,10 +185,20 @@ class FrameScheduler:
             self.counters.refused_requests += 1
         return LanguageOut(rid, f"refused: {why}", True, "")
 
-    def set_instruction(self, text: str) -> None:
-        """The task the policy chooses actions for (empty: back to the configured default)."""
+    def set_instruction(self, text: str) -> bool:
+        """The task the policy chooses actions for (empty: back to the configured default).
+        An instruction longer than ``language.max_question_chars`` or with control characters is
+        ignored (the previous one stays), counted and logged; returns False then."""
+        text = " ".join(str(text).split())
+        if len(text) > self.max_question_chars or has_control_chars(text):
+            with self._lock:
+                self.counters.instructions_rejected += 1
+            self._tlog(logging.WARNING, "instruction", "instruction of %d characters ignored (too long or "
+                       "control characters)", len(text))
+            return False
         with self._lock:
-            self._instruction = " ".join(str(text).split()) or self.cfg.control.default_instruction
+            self._instruction = text or self.cfg.control.default_instruction
+        return True
 
     # ------------------------------------------------------------------ the worker thread
     def run_frame(self) -> list[LanguageOut]:
@@ -220,20 +242,21 @@ class FrameScheduler:
             elif self.engine.needs_compaction and getattr(r, "accepting", True):
                 r.request(self.engine.snapshot())
         except Exception as e:  # noqa: BLE001 - the old state keeps serving
-            log.error("reconcile step failed: %s: %s", type(e).__name__, e)
+            self._tlog(logging.ERROR, "reconcile", "reconcile step failed: %s: %s", type(e).__name__, e)
 
     def _engines(self) -> list:
         return [self.engine] if self.lang_engine is self.engine else [self.engine, self.lang_engine]
 
     def _append_pending(self) -> None:
         with self._lock:
-            items, self._inbox = self._inbox, []
+            items = self._inbox.take_all()
         for source, stamp_ns, text, facts in items:
             for eng in self._engines():
                 try:
                     inc = eng.submit(source, stamp_ns, text, facts)
                 except Exception as e:  # noqa: BLE001 - LedgerError (order, size) or a tokenizer error
-                    log.warning("increment from %s rejected: %s: %s", source, type(e).__name__, e)
+                    self._tlog(logging.WARNING, f"reject {source}", "increment from %s rejected: %s: %s",
+                               source, type(e).__name__, e)
                     break
                 if eng is self.engine:
                     with self._lock:
@@ -311,7 +334,7 @@ class FrameScheduler:
     def _failed(self, kind: str, e: Exception) -> None:
         """Report a model failure; publish the hold chunk once per failure episode."""
         self.counters.last_error = f"{type(e).__name__}: {e}"
-        log.error("%s: %s", kind, self.counters.last_error)
+        self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
         self._event(kind, error=self.counters.last_error)
         if self._in_failure or not self.cfg.control.hold_on_failure:
             return
@@ -367,12 +390,13 @@ class FrameScheduler:
         e, ec, sc, r = self.engine, self.engine.counters, self.counters, self.reconciler
         rebuild_ms = getattr(getattr(r, "counters", None), "last_rebuild_ms", 0.0) or ec.last_rebuild_ms
         with self._lock:
-            n_open = len(self._active)
+            n_open, coalesced = len(self._active), self._inbox.counters.coalesced
         return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, ec.increments_total, ec.increments_rejected,
                          ec.swaps + ec.sync_evictions, r.state if r is not None else "idle",
                          self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, sc.frame_overruns,
                          ec.sync_evictions, sc.frames, sc.decisions, sc.policy_failures, sc.holds_published,
-                         n_open, self.language.tokens_generated)
+                         n_open, self.language.tokens_generated, sc.refused_requests, coalesced,
+                         sc.instructions_rejected)
 
     def accepted_increments(self) -> list[Increment]:
         """Increments accepted since the last call (the node republishes them)."""

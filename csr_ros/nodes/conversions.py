@@ -4,6 +4,7 @@ directly). Stamps in the core are integer nanoseconds of ROS time (``stamp_ns``)
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 from builtin_interfaces.msg import Duration, Time
@@ -20,11 +21,13 @@ if TYPE_CHECKING:  # the core types; imported lazily so this module loads before
 _NS = 1_000_000_000
 _U32 = 2**32 - 1
 _U64 = 2**64 - 1
+_MAX_NS = (2**31 - 1) * _NS + _NS - 1  # the int32 seconds of Time/Duration (would wrap on the wire)
 
 
 def ns_to_time(stamp_ns: int) -> Time:
-    """Nanoseconds -> builtin_interfaces/Time (negative stamps clamp to 0)."""
-    stamp_ns = max(0, int(stamp_ns))
+    """Nanoseconds -> builtin_interfaces/Time, clamped to [0, 2^31 s) (negative stamps clamp to 0,
+    far-future ones to the largest Time instead of wrapping to a negative second count)."""
+    stamp_ns = min(max(0, int(stamp_ns)), _MAX_NS)
     return Time(sec=stamp_ns // _NS, nanosec=stamp_ns % _NS)
 
 
@@ -34,8 +37,10 @@ def time_to_ns(t: Time) -> int:
 
 
 def s_to_duration(seconds: float) -> Duration:
-    """Seconds (>= 0) -> builtin_interfaces/Duration, rounded to the nanosecond."""
-    ns = max(0, round(seconds * _NS))
+    """Seconds -> builtin_interfaces/Duration, rounded to the nanosecond and clamped to
+    [0, 2^31 s) (NaN -> 0)."""
+    seconds = float(seconds)
+    ns = 0 if math.isnan(seconds) else min(round(min(max(seconds, 0.0), 2.0**31) * _NS), _MAX_NS)
     return Duration(sec=ns // _NS, nanosec=ns % _NS)
 
 
@@ -79,10 +84,16 @@ def chunk_to_trajectory(chunk: "ChunkOut") -> JointTrajectory | None:
                            joint_names=list(chunk.names), points=points)
 
 
+def wire_text(text: str) -> str:
+    """``text`` without NUL characters: a DDS string ends at the first NUL, so model text holding
+    one would be cut silently on the wire."""
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
 def language_to_msg(out: "LanguageOut", stamp_ns: int) -> Utterance:
     """LanguageOut -> csr_ros/Utterance (same request_id; partial deltas, then one final)."""
-    return Utterance(header=Header(stamp=ns_to_time(stamp_ns)), request_id=out.request_id,
-                     text=out.text, is_final=bool(out.is_final), context=out.context)
+    return Utterance(header=Header(stamp=ns_to_time(stamp_ns)), request_id=wire_text(out.request_id),
+                     text=wire_text(out.text), is_final=bool(out.is_final), context=out.context)
 
 
 def status_to_msg(status: "StatusOut", stamp_ns: int, extra_rejected: int = 0) -> CacheStatus:
@@ -124,6 +135,9 @@ def status_to_diagnostics(status: "StatusOut", stamp_ns: int, name: str = "csr: 
         "evictions": status.evictions, "reconciler_state": status.reconciler_state,
         "last_ttft_ms": f"{status.last_ttft_ms:.1f}", "last_rebuild_ms": f"{status.last_rebuild_ms:.1f}",
         "frame_overruns": status.frame_overruns, "sync_fallbacks": status.sync_fallbacks,
+        "policy_failures": status.policy_failures, "holds_published": status.holds_published,
+        "requests_refused": status.requests_refused, "increments_coalesced": status.increments_coalesced,
+        "instructions_rejected": status.instructions_rejected,
     }
     item = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
                             values=[KeyValue(key=k, value=str(v)) for k, v in fields.items()])
@@ -133,7 +147,7 @@ def status_to_diagnostics(status: "StatusOut", stamp_ns: int, name: str = "csr: 
 def increment_to_msg(inc: "Increment", state_version: int, frame_id: str = "") -> StateIncrement:
     """An accepted core Increment -> csr_ros/StateIncrement (stamp = the source message's)."""
     return StateIncrement(header=Header(stamp=ns_to_time(inc.stamp_ns), frame_id=frame_id),
-                          source=inc.source, sequence=_u(inc.seq, _U64), text=inc.text,
+                          source=wire_text(inc.source), sequence=_u(inc.seq, _U64), text=wire_text(inc.text),
                           num_tokens=_u(inc.num_tokens, _U32),
                           state_version=_u(state_version, _U64))
 

@@ -126,8 +126,10 @@ class InferenceNode(Node):
     def _on_ask(self, msg: Utterance) -> None:
         try:
             refusal = self.scheduler.ask(*conv.utterance_request(msg))
-            if refusal is not None:
+            if refusal is not None:  # a clear answer on csr/language, never a silent drop
                 self.pub_language.publish(conv.language_to_msg(refusal, self.now_ns()))
+                self.get_logger().warning(f"request {refusal.request_id[:64]!r} {refusal.text}",
+                                          throttle_duration_sec=self.cfg.ros.reject_log_throttle_s)
         except Exception as e:  # noqa: BLE001
             self.get_logger().error(f"request {msg.request_id!r} failed: {type(e).__name__}: {e}",
                                     throttle_duration_sec=5.0)

@@ -42,3 +42,7 @@ class ReconcilerNode(Node):
         except Exception as e:  # noqa: BLE001 - run_once handles build errors; this is a last guard
             self.get_logger().error(f"reconciler step failed: {type(e).__name__}: {e}",
                                     throttle_duration_sec=5.0)
+            try:
+                self.reconciler.abandon(e)  # failed + back-off: never stuck in "building"
+            except Exception:  # noqa: BLE001 - a reconciler double without abandon()
+                pass

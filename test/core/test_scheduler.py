@@ -259,7 +259,7 @@ def test_swap_with_open_answers_reopens_them():
 
 
 def test_producers_are_thread_safe():
-    sched, clock, _ = make()
+    sched, clock, _ = make(**{"control.queue_depth_per_input": 50})  # every reading waits (no coalescing)
 
     def produce(k):
         for i in range(50):
