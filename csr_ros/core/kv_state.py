@@ -10,7 +10,10 @@ tokens (the state length when it was opened), to its ancestors' tokens and to it
 live only in the tail, so "crop back to the state" is removing tail slots, and queries never
 pollute the state. Many branches advance in ONE forward with a 4-D mask, sharing the state prefix
 without copying it (cross-task KV sharing + continuous batching). When no other branch is in the
-way, appends run mask-free through :mod:`csr_ros.core.attention` (lower-right causal).
+way, appends run mask-free through :mod:`csr_ros.core.attention` (lower-right causal); those
+of a few fixed sizes (decode, queries, increments) can run as CUDA graphs through
+:mod:`csr_ros.core.cuda_graphs`, its tensor-side helper, which writes the cache only through the
+layers' ``update`` handed to it from here.
 
 Positions are explicit (``position_ids``) everywhere, so a token's rotary position is its logical
 index in its own sequence, whatever its physical slot (see transformers issue #36151).
@@ -19,56 +22,18 @@ index in its own sequence, whatever its physical slot (see transformers issue #3
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from transformers import DynamicCache
 
-from csr_ros.core.kv_layers import use_in_place_layers
+from csr_ros.core.kv_layers import InPlaceLayer, use_in_place_layers
+from csr_ros.core.kv_types import Branch, MultiOut, StepOut
 
+if TYPE_CHECKING:
+    from csr_ros.core.cuda_graphs import StepRunner
 
-@dataclass
-class Branch:
-    """An open continuation of the state (bookkeeping only; its KV lives in the tail)."""
-
-    bid: int
-    horizon: int  # state tokens it attends to
-    base_pos: int  # logical position of its first token
-    parent: int | None
-    ids: list[int] = field(default_factory=list)
-
-    @property
-    def next_pos(self) -> int:
-        return self.base_pos + len(self.ids)
-
-
-@dataclass
-class StepOut:
-    """Output rows of one forward.
-
-    Attributes:
-        logits: ``[rows, vocab]`` float32 next-token logits of the requested rows.
-        hidden: ``[hidden_size]`` final-norm hidden state of the last token (when requested).
-    """
-
-    logits: torch.Tensor
-    hidden: torch.Tensor | None = None
-
-
-@dataclass
-class MultiOut:
-    """What :meth:`KVState.multi_step` returns.
-
-    Attributes:
-        steps: stepped branch id -> next-token logits ``[vocab]``.
-        opened: ``(new branch id, last logits [vocab])`` per opened prompt, in order.
-        scores: the closed-set log-likelihoods (None when nothing was scored).
-    """
-
-    steps: dict[int, torch.Tensor]
-    opened: list[tuple[int, torch.Tensor]]
-    scores: list[float] | None = None
+__all__ = ["Branch", "KVState", "MultiOut", "StepOut", "new_cache"]
 
 
 def new_cache(config, capacity_tokens: int | None = None) -> DynamicCache:
@@ -87,11 +52,13 @@ class KVState:
     """A model's KV cache for one state plus its open branches.
 
     Not thread-safe: one owner thread drives it (the inference frame loop, or the reconciler
-    while it builds a fresh state that it then hands over).
+    while it builds a fresh state that it then hands over). ``runner`` (shared by the states of
+    one model, :class:`csr_ros.core.cuda_graphs.StepRunner`) serves mask-free forwards of its
+    token counts with CUDA graphs; it only needs the in-place cache layers' ``update``.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
-                 capacity_tokens: int | None = 1024):
+                 capacity_tokens: int | None = 1024, runner: "StepRunner | None" = None):
         self._model = model
         self._base = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
         self._head = model.get_output_embeddings()
@@ -99,6 +66,8 @@ class KVState:
         params = inspect.signature(self._base.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._cache = new_cache(model.config, capacity_tokens)
+        in_place = all(isinstance(layer, InPlaceLayer) for layer in self._cache.layers)
+        self._runner = runner if in_place else None  # mask-free appends of its sizes (CUDA graphs)
         self._state: list[int] = []
         self._tail_owner: list[int] = []  # branch id of each tail slot
         self._branches: dict[int, Branch] = {}
@@ -137,17 +106,16 @@ class KVState:
         logit_rows: Sequence[int],
         want_hidden: bool = False,
     ) -> StepOut:
-        input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
-        pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
-        out = self._base(
-            input_ids=input_ids,
-            position_ids=pos,
-            attention_mask=mask,
-            use_cache=True,
-            **{self._cache_kw: self._cache},
-        )
+        h = None
+        if mask is None and self._runner is not None and self._runner.accepts(len(ids)):
+            h = self._runner.forward(ids, positions, lambda i, k, v: self._cache.layers[i].update(k, v))
+        if h is None:  # the plain transformers forward
+            input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)
+            out = self._base(input_ids=input_ids, position_ids=pos, attention_mask=mask, use_cache=True,
+                             **{self._cache_kw: self._cache})
+            h = out.last_hidden_state[0]
         self.forwards += 1
-        h = out.last_hidden_state[0]
         rows = torch.tensor(list(logit_rows), dtype=torch.long, device=h.device)
         logits = self._head(h.index_select(0, rows)).float() if len(logit_rows) else h.new_zeros(0)
         return StepOut(logits=logits, hidden=h[-1].float().clone() if want_hidden else None)

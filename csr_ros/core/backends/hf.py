@@ -3,15 +3,19 @@ randomly initialised shape for tests and latency benchmarks)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
 
 from csr_ros.core import attention
+from csr_ros.core.cuda_graphs import DEFAULT_SIZES, StepRunner, unsupported_reason
 from csr_ros.core.backends.embedded import ModelNotAvailable, resolve_model_dir
 from csr_ros.core.kv_state import KVState
 from csr_ros.core.template import PromptTemplate, template_from_tokenizer
 from csr_ros.core.tokenizer import ByteTokenizer
+
+log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -71,11 +75,12 @@ class HFBackend:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
 
     kv_capacity_tokens: int = 1024
+    runner: StepRunner | None = None
 
     def new_state(self) -> KVState:
         """A fresh KV state (shared weights); its cache starts with ``kv_capacity_tokens`` slots
-        preallocated and doubles when full."""
-        return KVState(self.model, self.device, capacity_tokens=self.kv_capacity_tokens)
+        preallocated and doubles when full. All states share the backend's graph runner."""
+        return KVState(self.model, self.device, capacity_tokens=self.kv_capacity_tokens, runner=self.runner)
 
     def bos_ids(self) -> list[int]:
         """BOS token when the model's tokenizer adds one, else nothing."""
@@ -101,8 +106,23 @@ def _finish(model: torch.nn.Module, attn: str) -> torch.nn.Module:
     return model
 
 
+def make_runner(model: torch.nn.Module, cuda_graphs: bool | str) -> StepRunner | None:
+    """The shared CUDA-graph runner for decode and small appends: only on CUDA, with ``cuda_graphs``
+    on and a supported (Llama-family) architecture; otherwise None (every forward stays eager).
+    ``"explicit"`` runs the runner's segments without capture on any device (tests, CPU dry runs)."""
+    explicit = cuda_graphs == "explicit"
+    dev = next(model.parameters()).device
+    if not cuda_graphs or (dev.type != "cuda" and not explicit):
+        return None
+    reason = unsupported_reason(model)
+    if reason:
+        log.info("CUDA graphs off: %s", reason)
+        return None
+    return StepRunner(model, DEFAULT_SIZES, capture=not explicit)
+
+
 def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
-            attn: str = "csr", trust_remote_code: bool = False) -> HFBackend:
+            attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True) -> HFBackend:
     """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -117,11 +137,12 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
         attn_implementation="sdpa",
     ).to(dev)
     name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
-    return HFBackend(name, _finish(lm, attn), tok, template_from_tokenizer(tok), dev, dt)
+    lm = _finish(lm, attn)
+    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt, runner=make_runner(lm, cuda_graphs))
 
 
 def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
-               attn: str = "csr", seed: int = 0) -> HFBackend:
+               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True) -> HFBackend:
     """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -133,7 +154,9 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
     with torch.device(dev):
         lm = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation="sdpa")
     tok = ByteTokenizer(cfg.vocab_size)
-    return HFBackend(f"random-{shape}", _finish(lm, attn), tok, template_from_tokenizer(tok), dev, dt)
+    lm = _finish(lm, attn)
+    return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt,
+                     runner=make_runner(lm, cuda_graphs))
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
