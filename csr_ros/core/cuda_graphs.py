@@ -58,6 +58,9 @@ def unsupported_reason(model: torch.nn.Module) -> str | None:
     for name in ("embed_tokens", "layers", "norm", "rotary_emb"):
         if not hasattr(base, name):
             return f"decoder has no {name!r}"
+    rope = getattr(base.rotary_emb, "rope_type", "default")
+    if not isinstance(rope, str) or "dynamic" in rope or rope == "longrope":
+        return f"rope type {rope!r} recomputes frequencies from the positions (host sync)"
     for layer in base.layers:
         attn = getattr(layer, "self_attn", None)
         if not all(hasattr(attn, a) for a in ("q_proj", "k_proj", "v_proj", "o_proj", "scaling")):
