@@ -55,7 +55,8 @@ left() { echo $((BUDGET_S - (SECONDS - START))); }
   "$PY" -c "import matplotlib" 2>/dev/null && echo "matplotlib: yes" || echo "matplotlib: no (no PNG)"
 } 2>&1 | tee "$OUT/env.txt"
 
-# 2. graph self-test on the tiny shape: capture works, graphs == eager, decode timings
+# 2. self-test: graphs on the tiny shape (capture works, graphs == eager); packed-GQA attention
+#    for small appends checked and timed against plain SDPA at 4K and 120K (off unless both pass)
 stage selftest 120 "$PY" - "$DEVICE" "$GRAPHS" <<'EOF' 2>&1 | tee "$OUT/selftest.txt"
 import sys, time, torch
 from csr_ros.core.backends.hf import load_shape
@@ -80,13 +81,40 @@ g, tg = greedy(True)
 e, te = greedy(False)
 print(f"graph tokens == eager tokens: {g == e}; decode ms/token runner {tg:.2f} eager {te:.2f}")
 print("runner stats:", None if be.runner is None else be.runner.stats)
+# packed GQA for small appends (csr_ros.core.attention): correct and faster on this GPU?
+use = "on"
+if device != "cpu":
+    from csr_ros.core import attention
+    torch.manual_seed(0)
+    for kv_len in (4096 + 32, 122880 + 96):
+        q = torch.randn(1, 32, 32, 128, device=device, dtype=torch.bfloat16)
+        k, v = (torch.randn(1, 8, kv_len, 128, device=device, dtype=torch.bfloat16) for _ in range(2))
+        out, ms = {}, {}
+        for mode in (False, True):
+            attention.set_packed_gqa(mode)
+            try:
+                out[mode] = attention.csr_attention(q, k, v, None)
+                torch.cuda.synchronize(); t0 = time.perf_counter()
+                for _ in range(20):
+                    attention.csr_attention(q, k, v, None)
+                torch.cuda.synchronize(); ms[mode] = (time.perf_counter() - t0) / 20 * 1e3
+            except Exception as err:
+                print("packed GQA error:", repr(err)); use = "off"; out[mode] = None; ms[mode] = float("nan")
+        err = float((out[True].float() - out[False].float()).abs().max()) if out[True] is not None and out[False] is not None else float("nan")
+        print(f"32-token query attention, one layer, kv={kv_len}: plain {ms[False]:.3f} ms, packed {ms[True]:.3f} ms, max diff {err:.4f}")
+        if not (err < 0.03 and ms[True] < ms[False]):
+            use = "off"
+        del q, k, v
+print(f"PACKED_GQA={use}")
 EOF
+PACK=$(grep -o 'PACKED_GQA=[a-z]*' "$OUT/selftest.txt" | tail -1 | cut -d= -f2)
+PACK=${PACK:-off}
 
 # 3. the must-show run: 8B shape, bf16, default attention columns from the same run
 PLOT=(--plot "$OUT/ttft_gpu.png")
 stage "ttft $SHAPE" "$(( $(left) > 120 ? $(left) : 120 ))" "$PY" -m csr_ros.cli bench ttft --device "$DEVICE" \
   --shape "$SHAPE" --dtype "$DTYPE" --n "$NS" --attention default --reps "$REPS" --full-reps "$FULL_REPS" \
-  --full-budget-s 12 --cuda-graphs "$GRAPHS" --json "$OUT/ttft_gpu.json" "${PLOT[@]}" 2>&1 | tee "$OUT/ttft_gpu.log"
+  --full-budget-s 12 --cuda-graphs "$GRAPHS" --packed-gqa "$PACK" --json "$OUT/ttft_gpu.json" "${PLOT[@]}" 2>&1 | tee "$OUT/ttft_gpu.log"
 
 # 4. smaller shapes, each only while time is left
 IFS=',' read -r -a SMALL_SHAPES <<< "$SMALL"
@@ -95,7 +123,7 @@ for s in "${SMALL_SHAPES[@]}"; do
   if (( $(left) < 75 )); then echo "skip $s: $(left)s left of ${BUDGET_S}s" | tee -a "$OUT/stages.txt"; continue; fi
   stage "ttft $s" "$(left)" "$PY" -m csr_ros.cli bench ttft --device "$DEVICE" --shape "$s" --dtype "$DTYPE" \
     --n "$NS" --attention default --reps "$REPS" --full-reps "$FULL_REPS" --full-budget-s 6 \
-    --cuda-graphs "$GRAPHS" --json "$OUT/ttft_$s.json" 2>&1 | tee "$OUT/ttft_$s.log"
+    --cuda-graphs "$GRAPHS" --packed-gqa "$PACK" --json "$OUT/ttft_$s.json" 2>&1 | tee "$OUT/ttft_$s.log"
 done
 
 # 5. summary with the issue's must-show checks (largest N of the main run)
@@ -105,7 +133,8 @@ out = sys.argv[1]
 for path in sorted(glob.glob(os.path.join(out, "ttft_*.json"))):
     d = json.load(open(path))
     print(f"\n{os.path.basename(path)}: {d['model']} {d['dtype']} on {d['device']}, {d.get('versions')}, "
-          f"copy {d['copy_bandwidth_gb_s']:.0f} GB/s, graph sizes {d.get('cuda_graph_sizes')}, stats {d.get('runner_stats')}")
+          f"copy {d['copy_bandwidth_gb_s']:.0f} GB/s, graph sizes {d.get('cuda_graph_sizes')}, stats {d.get('runner_stats')}, "
+          f"packed GQA {d.get('packed_gqa')}")
     cols = ["full", "csr", "query_only", "decode", "floor", "bandwidth_floor", "csr_default", "query_only_default", "decode_default"]
     print(f"{'N':>7} " + " ".join(f"{c:>18}" for c in cols) + "  same_tok graph==eager peak_GB top2_gap csr-full")
     for r in d["rows"]:

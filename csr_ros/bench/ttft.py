@@ -256,6 +256,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--full-reps", type=int, default=3, help="timed repetitions of the full re-prefill")
     p.add_argument("--full-budget-s", type=float, default=0.0,
                    help="after the first full re-prefill of an N, stop its repetitions once this many seconds were spent (0: no limit)")
+    p.add_argument("--packed-gqa", choices=["on", "off"], default="on",
+                   help="CUDA small appends: pack GQA query groups over the history (csr_ros.core.attention)")
     p.add_argument("--cuda-graphs", choices=["on", "off", "explicit"], default="on",
                    help="CUDA graphs for decode and small appends (the model.cuda_graphs parameter; CUDA only); "
                         "explicit: the same segmented forward without capture, on any device (CPU dry runs)")
@@ -289,6 +291,9 @@ def run(args) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from csr_ros.core import attention
+
+    attention.set_packed_gqa(getattr(args, "packed_gqa", "on") == "on")
     be = load_backend(args)
     lengths: Sequence[int] = [int(x) for x in args.lengths.split(",") if x.strip()]
     vocab = be.model.config.vocab_size
@@ -296,7 +301,8 @@ def run(args) -> dict:
     bw = copy_bandwidth_gb_s(be.device)
     payload = {"model": be.name, "device": device_name(be.device), "dtype": str(be.dtype).replace("torch.", ""),
                "increment_tokens": INC_TOKENS, "query_tokens": QUERY_TOKENS, "copy_bandwidth_gb_s": bw,
-               "versions": versions(), "cuda_graph_sizes": list(be.runner.sizes) if be.runner else None, "rows": []}
+               "versions": versions(), "cuda_graph_sizes": list(be.runner.sizes) if be.runner else None,
+               "packed_gqa": getattr(args, "packed_gqa", "on"), "rows": []}
     rows = payload["rows"]
     for n in lengths:
         rows.append(measure_n(be, n, stream, args.reps, args.full_reps, args.attention == "default",
