@@ -16,7 +16,7 @@
 # Knobs (environment), for the CPU dry run: GPU_CHECK_SHAPE (llama-3.1-8b), GPU_CHECK_DEVICE
 # (cuda), GPU_CHECK_DTYPE (bfloat16), GPU_CHECK_N, GPU_CHECK_SMALL_SHAPES
 # (llama-3.2-3b,smollm2-135m; "" for none), GPU_CHECK_GRAPHS (on | off | explicit),
-# GPU_CHECK_BUDGET_S (420: no optional stage starts after it), PYTHON (python).
+# GPU_CHECK_BUDGET_S (390: no optional stage starts after it; the main run is cut there), PYTHON (python).
 set -uo pipefail
 
 QUICK=0
@@ -28,7 +28,7 @@ SHAPE="${GPU_CHECK_SHAPE:-llama-3.1-8b}"
 DEVICE="${GPU_CHECK_DEVICE:-cuda}"
 DTYPE="${GPU_CHECK_DTYPE:-bfloat16}"
 GRAPHS="${GPU_CHECK_GRAPHS:-on}"
-BUDGET_S="${GPU_CHECK_BUDGET_S:-420}"
+BUDGET_S="${GPU_CHECK_BUDGET_S:-390}"
 if ((QUICK)); then
   NS="${GPU_CHECK_N:-122880}"; REPS=1; FULL_REPS=1; SMALL="${GPU_CHECK_SMALL_SHAPES-}"
 else
@@ -58,33 +58,13 @@ left() { echo $((BUDGET_S - (SECONDS - START))); }
 # 2. self-test: graphs on the tiny shape (capture works, graphs == eager); packed-GQA attention
 #    for small appends checked and timed against plain SDPA at 4K and 120K (off unless both pass)
 stage selftest 120 "$PY" - "$DEVICE" "$GRAPHS" <<'EOF' 2>&1 | tee "$OUT/selftest.txt"
-import sys, time, torch
+import sys, time, traceback, torch
+from csr_ros.core import attention
 from csr_ros.core.backends.hf import load_shape
 device, graphs = sys.argv[1], {"on": True, "off": False}.get(sys.argv[2], "explicit")
-be = load_shape("tiny", device=device, dtype="bfloat16" if device != "cpu" else "float32", cuda_graphs=graphs)
-print("runner:", None if be.runner is None else {"sizes": be.runner.sizes, "capture": be.runner.capture})
-def greedy(enabled, steps=12):
-    if be.runner is not None:
-        be.runner.enabled = enabled
-    kv = be.new_state()
-    ids = [(7 * i) % 500 + 3 for i in range(596)]  # the tiny vocabulary has 512 ids
-    kv.prefill(ids[:500], chunk_tokens=256)
-    kv.append(ids[500:564])
-    bid, lg = kv.open_branch(ids[564:596])
-    toks, t0 = [int(lg.argmax())], 0.0
-    for k in range(steps):
-        if k == 2:
-            torch.cuda.synchronize() if device != "cpu" else None; t0 = time.perf_counter()
-        toks.append(int(kv.step({bid: toks[-1]})[bid].argmax()))
-    return toks, (time.perf_counter() - t0) / (steps - 2) * 1e3
-g, tg = greedy(True)
-e, te = greedy(False)
-print(f"graph tokens == eager tokens: {g == e}; decode ms/token runner {tg:.2f} eager {te:.2f}")
-print("runner stats:", None if be.runner is None else be.runner.stats)
-# packed GQA for small appends (csr_ros.core.attention): correct and faster on this GPU?
+# (a) packed GQA for small appends: correct and faster than plain SDPA on this GPU?
 use = "on"
 if device != "cpu":
-    from csr_ros.core import attention
     torch.manual_seed(0)
     for kv_len in (4096 + 32, 122880 + 96):
         q = torch.randn(1, 32, 32, 128, device=device, dtype=torch.bfloat16)
@@ -99,13 +79,40 @@ if device != "cpu":
                     attention.csr_attention(q, k, v, None)
                 torch.cuda.synchronize(); ms[mode] = (time.perf_counter() - t0) / 20 * 1e3
             except Exception as err:
-                print("packed GQA error:", repr(err)); use = "off"; out[mode] = None; ms[mode] = float("nan")
-        err = float((out[True].float() - out[False].float()).abs().max()) if out[True] is not None and out[False] is not None else float("nan")
-        print(f"32-token query attention, one layer, kv={kv_len}: plain {ms[False]:.3f} ms, packed {ms[True]:.3f} ms, max diff {err:.4f}")
+                print("attention error:", repr(err)); use = "off"; out[mode] = None; ms[mode] = float("nan")
+        ok = out[True] is not None and out[False] is not None
+        err = float((out[True].float() - out[False].float()).abs().max()) if ok else float("nan")
+        print(f"32-token query attention, one layer, kv={kv_len}: plain {ms[False]:.3f} ms, "
+              f"packed {ms[True]:.3f} ms, max diff {err:.4f}")
         if not (err < 0.03 and ms[True] < ms[False]):
             use = "off"
-        del q, k, v
-print(f"PACKED_GQA={use}")
+        del q, k, v, out
+print(f"PACKED_GQA={use}", flush=True)
+attention.set_packed_gqa(use == "on")
+# (b) CUDA graphs on the tiny shape: capture works, graph tokens == eager tokens
+try:
+    be = load_shape("tiny", device=device, dtype="bfloat16" if device != "cpu" else "float32", cuda_graphs=graphs)
+    print("runner:", None if be.runner is None else {"sizes": be.runner.sizes, "capture": be.runner.capture})
+    def greedy(enabled, steps=12):
+        if be.runner is not None:
+            be.runner.enabled = enabled
+        kv = be.new_state()
+        ids = [(7 * i) % 500 + 3 for i in range(596)]  # the tiny vocabulary has 512 ids
+        kv.prefill(ids[:500], chunk_tokens=256)
+        kv.append(ids[500:564])
+        bid, lg = kv.open_branch(ids[564:596])
+        toks, t0 = [int(lg.argmax())], 0.0
+        for k in range(steps):
+            if k == 2:
+                torch.cuda.synchronize() if device != "cpu" else None; t0 = time.perf_counter()
+            toks.append(int(kv.step({bid: toks[-1]})[bid].argmax()))
+        return toks, (time.perf_counter() - t0) / (steps - 2) * 1e3
+    g, tg = greedy(True)
+    e, te = greedy(False)
+    print(f"graph tokens == eager tokens: {g == e}; decode ms/token runner {tg:.2f} eager {te:.2f}")
+    print("runner stats:", None if be.runner is None else be.runner.stats)
+except Exception:
+    traceback.print_exc()
 EOF
 PACK=$(grep -o 'PACKED_GQA=[a-z]*' "$OUT/selftest.txt" | tail -1 | cut -d= -f2)
 PACK=${PACK:-off}
