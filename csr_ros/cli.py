@@ -40,8 +40,14 @@ def _cmd_bench_multitask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench_soak(args: argparse.Namespace) -> int:
+    from csr_ros.bench import soak
+
+    return soak.run(args)
+
+
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from csr_ros.bench import evict, multitask, ttft
+    from csr_ros.bench import evict, multitask, soak, ttft
 
     bench = sub.add_parser("bench", help="benchmarks that write JSON (ttft, ...)")
     bsub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
@@ -54,6 +60,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p = bsub.add_parser("multitask", help="fixed-rate actions + streamed language: isolated vs shared cache")
     multitask.add_args(p)
     p.set_defaults(func=_cmd_bench_multitask)
+    p = bsub.add_parser("soak", help="mixed load with injected faults and process kills on the real graph: "
+                        "gaps, lost increments, resident memory")
+    soak.add_args(p)
+    p.set_defaults(func=_cmd_bench_soak)
 
 
 def _add_train_head(sub: argparse._SubParsersAction) -> None:

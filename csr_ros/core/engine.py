@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -23,6 +24,7 @@ from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger, total
 from csr_ros.core.template import DEFAULT_SYSTEM
 
 log = logging.getLogger("csr_ros.engine")
+EVENTS_KEPT = 256  # events kept for drain_events(): bounded memory when nobody drains them
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ class CsrEngine:
         self.kv.append(list(prefix))
         self.pending: list[Increment] = []
         self.counters = EngineCounters()
-        self._events: list[EngineEvent] = []
+        self._events: deque[EngineEvent] = deque(maxlen=EVENTS_KEPT)  # undrained: the oldest go
         self.compactor, self.store, self.memory = compactor, store, memory
         self.restored = None  # what the store held at start (csr_ros.core.ledger_store.Restored)
         if store is not None:
@@ -280,7 +282,8 @@ class CsrEngine:
             self.compactor.seed(restored.evicted_memory, ledger.memory.covers_through_seq)
 
     def drain_events(self) -> list[EngineEvent]:
-        out, self._events = self._events, []
+        out = list(self._events)
+        self._events.clear()
         return out
 
     # -------------------------------------------------------------- queries

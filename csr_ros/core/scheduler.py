@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -147,7 +148,7 @@ class FrameScheduler:
         self._asks: list[tuple[str, str, int]] = []
         self._active: set[str] = set()
         self._accepted: list[Increment] = []
-        self._events: list[SchedulerEvent] = []
+        self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
         self._instruction = c.default_instruction
         self._chunk: ChunkOut | None = None
         self._hold: ChunkOut | None = None
@@ -406,6 +407,7 @@ class FrameScheduler:
 
     def drain_events(self) -> list[SchedulerEvent]:
         with self._lock:
-            out, self._events = self._events, []
+            out = list(self._events)
+            self._events.clear()
         return out
 

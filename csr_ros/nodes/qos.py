@@ -21,9 +21,11 @@ ACTIONS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10,
                      reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
 """Action chunks and joint trajectories: reliable, keep last 10."""
 
-LANGUAGE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=100,
+LANGUAGE = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1000,
                       reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE)
-"""Requests, answers (streamed partials included) and instructions: reliable, deep queue."""
+"""Requests, answers (streamed partials included) and instructions: reliable, deep queue. Deep
+enough for a burst of hundreds of questions at once: every one reaches the node and gets its
+own answer or refusal (a keep-last queue that overflows would drop requests silently)."""
 
 STATUS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                     reliability=ReliabilityPolicy.RELIABLE,
