@@ -252,3 +252,28 @@ def test_throttled_log_emits_at_most_once_per_period_per_key(calls, period_s):
         assert 1 <= emitted[key] <= min(n_calls, math.floor(span / period_s) + 1)
     assert tlog.emitted + sum(tlog.suppressed.values()) <= len(calls)
 
+
+
+# ------------------------------------------------------------------------------ published chunks
+@FAST
+@given(st.lists(st.integers(-2 * S, 5 * S), min_size=1, max_size=40))
+def test_a_published_chunk_is_never_stale_and_always_within_limits(offsets_ns):
+    from csr_ros.core.backends.fake import FakeBackend
+    from csr_ros.core.config import load_config
+    from csr_ros.core.engine import CsrEngine
+    from csr_ros.core.scheduler import FrameScheduler
+
+    t = [100 * S]
+    clock = lambda: t[0]  # noqa: E731
+    sched = FrameScheduler(CsrEngine(FakeBackend(), budget_tokens=4096, clock_ns=clock), None, load_config(), clock)
+    sched.submit_increment("/camera/people", t[0], "person waving: wave")
+    sched.run_frame()
+    d = len(sched.registry.names)
+    for off in offsets_ns:
+        now = 100 * S + off
+        c = sched.chunk_for_publish(now)
+        if c is None:
+            continue
+        assert c.stamp_ns <= max(now, 100 * S) and now < c.valid_until_ns  # never after valid_until
+        assert len(c.data) == c.horizon * d and 0 < c.horizon <= sched.registry.horizon_steps
+        assert all(sched.registry.dims[i % d].min <= v <= sched.registry.dims[i % d].max for i, v in enumerate(c.data))

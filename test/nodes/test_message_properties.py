@@ -22,8 +22,8 @@ from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
 from csr_ros.nodes import conversions as conv
 from csr_ros.nodes.ingest import InputGate
 from csr_ros.nodes.parameters import InputSpec
-from csr_ros.nodes.serializers import (JointStateSerializer, PoseSerializer, Rejected, SceneChangeSerializer,
-                                       StringSerializer, image_to_gray)
+from csr_ros.nodes.serializers import (JointStateSerializer, MarkerSerializer, PoseSerializer, Rejected,
+                                       SceneChangeSerializer, StringSerializer, aruco_available, image_to_gray)
 
 pytestmark = pytest.mark.nodes
 FAST = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -158,6 +158,9 @@ def test_image_decoding_contract(msg):
     assert msg.step * msg.height == len(msg.data)
     obs = SceneChangeSerializer("cam", 0.08)(msg, 3)
     assert obs is not None and obs.text.startswith("scene brightness")
+    if aruco_available():
+        markers = MarkerSerializer("cam", "DICT_4X4_50", 4.0)(msg, 3)
+        assert markers is not None and markers.text  # first message: markers or "no markers visible"
 
 
 @FAST
