@@ -110,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="csr_ros: an LLM as a real-time robot policy over a cached, never re-read state.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="the main job: load the model, stream observations, answer, print TTFT")
-    demo.add_argument("--model", default="embedded", help="'embedded' or a local HF model folder")
-    demo.add_argument("--device", default="auto")
+    demo = sub.add_parser("demo", help="the main job: the graph reads a replayed episode, answers its "
+                          "questions; live action rate, TTFT, evictions")
+    from csr_ros.demo import add_args as _demo_args
+
+    _demo_args(demo)
     demo.set_defaults(func=_cmd_demo)
     _add_bench(sub)
     _add_run(sub)

@@ -1,62 +1,106 @@
-"""``csr-ros demo``: the embedded model reading a short observation stream (no ROS needed).
+"""``csr-ros demo``: the main job, live. Starts the csr_ros graph (inference + reconciler nodes,
+the embedded SmolLM2), replays the shipped household episode into it at ``--rate`` times the
+recorded speed, asks the episode's questions on ``csr/ask`` at their times (or as soon as an
+answer slot is free), prints the live action-chunk rate, time to first token, evictions and the
+streamed answers, and ends by itself with a summary (:mod:`csr_ros.demo_graph`).
 
-It loads the embedded SmolLM2, streams a few timestamped observations into the cached state,
-answers a question by closed-set scoring and by free generation, and prints the time to first
-token (TTFT) measured on the real model next to the cost of re-reading the whole history.
+Answers come from the ``memory`` answer context by default (``--answer-context``): what a
+small model reads best (issue 8's measurements; ``state`` reads the whole cached state).
+
+``--no-ros`` runs the same episode without rclpy: the core engine with its reconciler and
+query-time focus, as fast as the model goes; it answers each question by closed-set scoring
+(state and memory contexts) and by generation from the memory context.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
+from pathlib import Path
 
-OBSERVATIONS = [
-    ("/observations", "a red cup is on the kitchen table"),
-    ("/joint_states", "shoulder=0.12 elbow=1.57 wrist=-0.30 gripper=open"),
-    ("/observations", "a person walks into the kitchen"),
-    ("/observations", "the person carries the red cup to the living room"),
-    ("/robot_pose", "map: x=2.10 y=-0.40 yaw=1.57"),
-    ("/observations", "the red cup is on the sofa in the living room"),
-    ("/observations", "a green book lies on the bedroom shelf"),
-]
-QUESTION = "Where is the red cup now?"
-ROOMS = ["kitchen", "living room", "bedroom", "garage", "bathroom"]
+EPISODE = Path(__file__).resolve().parent.parent / "episodes" / "household_small"
+
+
+def add_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--episode", default=str(EPISODE), help="episode folder (bag/, qa.jsonl, params.yaml)")
+    p.add_argument("--rate", type=float, default=4.0,
+                   help="replay speed factor (4: the 400-s shipped episode in 100 s, which 2 CPU cores sustain)")
+    p.add_argument("--budget", type=int, default=2048, help="token budget of the cached state, tokens")
+    p.add_argument("--answer-context", choices=("memory", "state"), default="memory",
+                   help="what answers are read from (parameter memory.answer_context)")
+    p.add_argument("--policy", choices=("learned_head", "registry"), default="learned_head",
+                   help="action policy (control.policy): learned_head reads the hidden state the append already "
+                   "computed (no forward); registry scores the action names (one forward per decision)")
+    p.add_argument("--model", default="embedded", help="'embedded', a local HF model folder, or fake")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-ros", action="store_true", help="run the episode through the core engine, without rclpy")
+    p.add_argument("--timeout-s", type=float, default=60.0,
+                   help="longest wait for the last answers after the replay, s")
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    from csr_ros.eval.episode import load_qa, resolve_episode
+
+    paths = resolve_episode(args.episode)
+    qa = load_qa(paths.qa)
+    if not args.no_ros:
+        try:
+            import rclpy  # noqa: F401
+        except ImportError:
+            print("rclpy is not available: running the ROS-free demo (--no-ros)")
+            args.no_ros = True
+    if args.no_ros:
+        return run_offline(args, paths, qa)
+    from csr_ros.demo_graph import run_graph
+
+    return run_graph(args, paths, qa)
+
+
+def _mark(q, text: str) -> str:
+    return "correct" if q.correct_text(text) else f"expected {q.answers[0]}"
+
+
+def run_offline(args: argparse.Namespace, paths, qa) -> int:
+    """The episode through the core (engine + reconciler + focus), closed-set and generated."""
+    from csr_ros.bench.common import percentile
+    from csr_ros.core import answer as A
     from csr_ros.core.backends.embedded import ModelNotAvailable
-    from csr_ros.core.backends.hf import load_hf
-    from csr_ros.core.engine import CsrEngine
+    from csr_ros.eval.episode import read_bag
+    from csr_ros.eval.methods import Settings, build_methods
+    from csr_ros.eval.run_eval import episode_config, load_backend
 
-    t0 = time.perf_counter()
     try:
-        backend = load_hf(args.model, device=args.device)
-    except ModelNotAvailable as exc:
-        print(f"error: {exc}")
+        backend, ctx = load_backend(args.model, args.device)
+    except ModelNotAvailable as e:
+        print(f"error: {e}")
         return 1
-    print(f"model {backend.name} loaded on {backend.device} in {time.perf_counter() - t0:.1f} s")
-    engine = CsrEngine(backend, budget_tokens=2048)
-    for i, (source, text) in enumerate(OBSERVATIONS):
-        inc = engine.submit(source, int(i * 2.0e9), text)
-        engine.flush()
-        print(f"  + increment {inc.seq:>2} ({inc.num_tokens:>2} tokens) {source}: {text}")
-    print(f"cached state: {engine.ledger.num_tokens} tokens, version {engine.ledger.version}")
-
-    t1 = time.perf_counter()
-    scores = engine.score(QUESTION, ROOMS, lead_in="The red cup is in the")
-    score_ms = (time.perf_counter() - t1) * 1e3
-    best = ROOMS[max(range(len(ROOMS)), key=scores.__getitem__)]
-    print(f"Q: {QUESTION}")
-    print(f"A (closed-set over {len(ROOMS)} rooms, one batched pass, {score_ms:.0f} ms): {best}")
-    result = engine.query(QUESTION, max_new_tokens=24)
-    print(f"A (generated): {result.text.strip()!r}")
-    print(f"TTFT {result.ttft_s * 1e3:.0f} ms on the cached state "
-          f"(total {result.total_s * 1e3:.0f} ms for {len(result.token_ids)} tokens)")
-
-    fresh = backend.new_state()
-    t2 = time.perf_counter()
-    fresh.append(engine.ledger.token_ids() + engine.query_ids(QUESTION))
-    full_ms = (time.perf_counter() - t2) * 1e3
-    print(f"re-reading the whole history instead: {full_ms:.0f} ms to first token")
-    assert engine.check_invariant(), "the KV cache must hold exactly the ledger's tokens"
+    cfg, perception = episode_config(paths.params, {"budget.budget_tokens": args.budget})
+    msgs = read_bag(paths.bag)
+    streams, methods = build_methods(["csr", "memory"], backend, Settings(cfg), ctx, msgs[0].stamp_ns)
+    csr, contexts = streams["csr"], A.AnswerContexts(cfg.memory)
+    print(f"{backend.name}: {len(msgs)} messages, {len(qa)} questions, budget {args.budget} tokens (no ROS)")
+    ttft, right, qi = [], {"csr": 0, "memory": 0, "generated": 0}, 0
+    for m in msgs + [None]:
+        while qi < len(qa) and (m is None or qa[qi].t_s < m.t_s):
+            q = qa[qi]
+            qi += 1
+            a, mem = methods["csr"].answer(q), methods["memory"].answer(q)
+            g = A.generate(csr.engine, contexts.build(csr.engine, q.question, context=args.answer_context), 24)
+            ttft.append(mem.ttft_s * 1e3)
+            right["csr"] += a.correct
+            right["memory"] += mem.correct
+            right["generated"] += q.correct_text(g.text)
+            print(f"[{q.t_s:6.1f} s] {q.question}  csr: {a.text} ({_mark(q, a.text)}) | memory: {mem.text} "
+                  f"({mem.ttft_s * 1e3:.0f} ms, {_mark(q, mem.text)}) | generated: {' '.join(g.text.split())[:60]!r}")
+        if m is None:
+            break
+        obs = perception(m.topic, m.msgtype, m.msg, m.stamp_ns)
+        if obs is not None:
+            csr.observe(m.topic, m.stamp_ns, obs.text, obs.facts)
+            csr.frame()
+    s, n = csr.stats(), len(qa)
+    print(f"\nsummary: closed-set recall csr {right['csr']}/{n}, memory {right['memory']}/{n}; generated "
+          f"({args.answer_context} context) {right['generated']}/{n}; memory TTFT p50 {percentile(ttft, 50):.0f} ms, "
+          f"p99 {percentile(ttft, 99):.0f} ms; {s['reconciliations']} reconciliations ({s['rebuild_s']:.1f} s "
+          f"off the answer path), {s['sync_evictions']} synchronous evictions; state {s['state_tokens']} tokens")
+    assert csr.engine.check_invariant(), "the KV cache must hold exactly the ledger's tokens"
     return 0

@@ -86,6 +86,12 @@ class Replayer:
         self._pubs[topic] = self.node.create_publisher(cls, topic, self._qos)
         return self._pubs[topic]
 
+    def advertise(self, topics: dict[str, str]) -> None:
+        """Create the publishers of ``{topic: msgtype}`` now, so that subscribers can match them
+        before :meth:`run` publishes the first message (else the first messages may be lost)."""
+        for topic, msgtype in topics.items():
+            self._publisher(topic, msgtype)
+
     def _publish_clock(self, ns: int) -> None:
         if self._clock_pub is not None:
             from rosgraph_msgs.msg import Clock

@@ -55,7 +55,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
                         "SmolLM2 on the CPU (on a 2-core machine its rebuilds cannot keep up: see the README)")
     p.add_argument("--params-file", default=str(DEFAULT_PARAMS), help="base ROS 2 parameters file")
     p.add_argument("--budget-tokens", type=int, default=0,
-                   help="state budget, tokens (small, so compactions happen; 0: 2048)")
+                   help="state budget, tokens (small, so compactions happen; 0: 2048 for hf, 4096 for the fake's byte tokens)")
     p.add_argument("--no-kills", action="store_true", help="no SIGTERM/SIGKILL restarts")
     p.add_argument("--domain-id", type=int, default=0, help="ROS_DOMAIN_ID (0: derived from the pid)")
     p.add_argument("--out", default="out/soak.json", help="JSON output path")
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     from csr_ros.bench import soak_load as load
 
     duration_s = args.minutes * 60.0
-    args.budget_tokens = args.budget_tokens or 2048
+    args.budget_tokens = args.budget_tokens or (2048 if args.backend == "hf" else 4096)
     work = Path(tempfile.mkdtemp(prefix="csr_soak_"))
     domain = args.domain_id or os.getpid() % 100 + 101
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain),
@@ -158,6 +158,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> dict:
+    from csr_ros.bench import soak_load as load
+
     """The load loop: start, drive, kill/restart as planned, sample RSS; returns the measures.
     The run's clock (faults, kills, minutes) starts when the first ActionChunk arrives."""
     rss: list[tuple[float, float]] = []  # (s since t0, MB)
@@ -201,6 +203,7 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
         "minutes": args.minutes, "model": _model_name(args.backend), "backend": args.backend,
         "device": "cpu", "cpu_cores": os.cpu_count(), "control_rate_hz": 10.0,
         "budget_tokens": args.budget_tokens, "configured_rates_hz": CONFIGURED_RATES_HZ[args.backend],
+        "burst_10x_window_s": [round(x, 1) for x in load.burst_window_s(duration_s)],
         "startup_s": round(ready_s, 1),
         **driver.counts(), **gaps,
         "kills": [how for _, how in kill_plan], "restarts": len(excluded),

@@ -15,6 +15,13 @@ When the engine's KV is replaced (a rebuilt state swapped in, or a synchronous e
 branches are gone with the old KV: :meth:`suspend` closes them before a swap, and the next
 :meth:`advance` re-opens every open request on the new state from its question plus the tokens
 it generated so far (one prefill each), so the answer continues where it stopped.
+
+Answer contexts (:mod:`csr_ros.core.answer`): ``prompt_ids`` may return an ``AnswerPrompt``.
+A ``state`` prompt is a branch of the shared state as above. A ``memory`` prompt (a short fresh
+prompt that does not read the state; it starts with the state's pinned system prefix) is a branch
+of a small second KV state, the *memory lane*, that holds only that prefix: all memory answers
+advance in one batched forward per token there, and a swap of the cached state does not touch
+them. Every piece says which context produced it.
 """
 
 from __future__ import annotations
@@ -63,6 +70,8 @@ class _Request:
     prompt: list[int] = field(default_factory=list)
     out: list[int] = field(default_factory=list)  # generated tokens; out[-1] is not fed yet
     bid: int | None = None
+    context: str = CONTEXT
+    own_kv: object | None = None  # the memory lane (memory context); None: the shared state
     emitted: str = ""
     done: bool = False
 
@@ -74,7 +83,9 @@ class LanguageBatch:
         engine: the :class:`csr_ros.core.engine.CsrEngine` whose KV the branches live in.
         max_new_tokens: longest answer, tokens. lead_in: text that starts every answer turn.
         batched: one forward per token step for all requests (True) or one per request (False).
-        prompt_ids: question -> query token ids (default ``engine.query_ids(question, lead_in)``).
+        prompt_ids: question -> query token ids after the state (default
+            ``engine.query_ids(question, lead_in)``), or an ``AnswerPrompt`` (its ``context``
+            decides where it is decoded, see the module doc).
     """
 
     def __init__(self, engine, max_new_tokens: int = 48, lead_in: str = "", batched: bool = True,
@@ -86,6 +97,7 @@ class LanguageBatch:
         self._queued: deque[_Request] = deque()
         self._open: dict[str, _Request] = {}
         self._kv = None  # the KV state the open branches live in
+        self._lane = None  # the memory lane: a KV state of the pinned prefix only (built when first used)
         self.tokens_generated = 0
         self.forwards = 0
         self.last_ttft_ms = 0.0
@@ -118,13 +130,19 @@ class LanguageBatch:
         return True
 
     def suspend(self) -> None:
-        """Close every branch (the KV is about to be swapped); :meth:`advance` re-opens them."""
+        """Close every branch of the shared state (the KV is about to be swapped); :meth:`advance`
+        re-opens them. Requests in their own KV state (memory context) are not touched."""
         for r in self._open.values():
-            self._close(r)
+            if r.own_kv is None:
+                self._close(r)
         self._kv = None
 
     def _close(self, r: _Request) -> None:
-        if r.bid is not None and self._kv is not None and self._kv is self.engine.kv:
+        if r.own_kv is not None:
+            if r.bid is not None:
+                r.own_kv.close_branch(r.bid)
+            r.own_kv = None
+        elif r.bid is not None and self._kv is not None and self._kv is self.engine.kv:
             self._kv.close_branch(r.bid)
         r.bid = None
 
@@ -141,6 +159,7 @@ class LanguageBatch:
             return outs
         try:
             self._sync_kv()
+            self._prepare_joiners()
             if self.batched and hasattr(self._kv, "multi_step"):
                 self._fused_step(rider)  # joiners' prompts + one token for all + the rider: one forward
                 k -= 1
@@ -160,7 +179,7 @@ class LanguageBatch:
         if self._kv is kv:
             return
         self._kv = kv
-        reqs = list(self._open.values())
+        reqs = [r for r in self._open.values() if r.own_kv is None]
         prompts = [r.prompt + r.out[:-1] for r in reqs]  # out[-1] is fed by the next step
         if not reqs:
             return
@@ -173,11 +192,55 @@ class LanguageBatch:
         for r, bid in zip(reqs, bids):
             r.bid = bid
 
+    def _prepare_joiners(self) -> None:
+        """Build the queued requests' prompts; open the memory-context ones at once as branches
+        of the memory lane (one forward for all of them). The state ones stay queued."""
+        lane_joiners = []
+        for r in list(self._queued):
+            p = self.prompt_ids(r.question)
+            r.context, r.prompt = getattr(p, "context", CONTEXT), list(getattr(p, "ids", p))
+            if r.context != CONTEXT:
+                self._queued.remove(r)
+                lane_joiners.append(r)
+        if not lane_joiners:
+            return
+        lane, prefix = self._memory_lane()
+        for r in lane_joiners:
+            if r.prompt[:len(prefix)] != prefix:
+                raise ValueError(f"a {r.context} prompt must start with the state's pinned prefix")
+        prompts = [r.prompt[len(prefix):] for r in lane_joiners]
+        if hasattr(lane, "multi_step"):
+            opened = lane.multi_step({}, prompts).opened
+        else:
+            opened = [lane.open_branch(p) for p in prompts]
+        self.forwards += 1 if hasattr(lane, "multi_step") else len(prompts)
+        for r, (bid, logits) in zip(lane_joiners, opened):
+            r.own_kv, r.bid = lane, bid
+            self._admitted(r, logits)
+
+    def _memory_lane(self):
+        """``(lane KV, prefix ids)``: the memory lane, built on first use (one prefill)."""
+        prefix = list(self.engine.ledger.prefix_ids)
+        if self._lane is None:
+            self._lane = self.engine.backend.new_state()
+            self._lane.append(prefix)
+            self.forwards += 1
+        return self._lane, prefix
+
+    def _step_own(self) -> None:
+        """One token for every unfinished memory-lane request (one batched forward)."""
+        live = [r for r in self._open.values() if r.own_kv is not None and not r.done]
+        if not live:
+            return
+        logits = self._lane.step({r.bid: r.out[-1] for r in live})
+        self.forwards += 1
+        for r in live:
+            self._take(r, logits[r.bid])
+
     def _admit(self) -> None:
         """Open every queued request, one prefill forward each."""
         while self._queued:
             r = self._queued.popleft()
-            r.prompt = list(self.prompt_ids(r.question))
             r.bid, logits = self._kv.open_branch(r.prompt)
             self.forwards += 1
             self._admitted(r, logits)
@@ -190,11 +253,12 @@ class LanguageBatch:
     def _fused_step(self, rider: ScoreRider | None) -> None:
         """ONE forward: prefill the joiners' questions, one token for every open request, and
         the rider's scoring (``KVState.multi_step``)."""
-        live = [r for r in self._open.values() if not r.done]
+        live = [r for r in self._open.values() if not r.done and r.own_kv is None]
         joiners = list(self._queued)
+        self._step_own()
         if not live and not joiners:
             return
-        prompts = [list(self.prompt_ids(r.question)) for r in joiners]
+        prompts = [r.prompt for r in joiners]
         score = (rider.prompt_ids, rider.candidates) if rider is not None else None
         out = self._kv.multi_step({r.bid: r.out[-1] for r in live}, prompts, score)
         self.forwards += 1
@@ -220,9 +284,12 @@ class LanguageBatch:
 
     def _step(self) -> bool:
         """One token for every unfinished request; False when none is left."""
-        live = [r for r in self._open.values() if not r.done]
-        if not live:
+        if not any(not r.done for r in self._open.values()):
             return False
+        self._step_own()
+        live = [r for r in self._open.values() if not r.done and r.own_kv is None]
+        if not live:
+            return True
         feeds = {r.bid: r.out[-1] for r in live}
         if self.batched:
             logits = self._kv.step(feeds)
@@ -244,17 +311,20 @@ class LanguageBatch:
             if r.done:
                 self._close(r)
                 del self._open[r.rid]
-                outs.append(LanguageOut(r.rid, text, True, CONTEXT))
+                outs.append(LanguageOut(r.rid, text, True, r.context))
             elif text.startswith(r.emitted) and len(text) > len(r.emitted) and not text.endswith("\ufffd"):
-                outs.append(LanguageOut(r.rid, text[len(r.emitted):], False, CONTEXT))
+                outs.append(LanguageOut(r.rid, text[len(r.emitted):], False, r.context))
                 r.emitted = text
         return outs
 
     def _fail_all(self, reason: str) -> list[LanguageOut]:
         outs = []
         for r in list(self._open.values()) + list(self._queued):
+            if r.own_kv is not None:  # the lane is dropped whole below (it may be what failed)
+                r.own_kv = r.bid = None
             self._close(r)
-            outs.append(LanguageOut(r.rid, reason, True, CONTEXT))
+            outs.append(LanguageOut(r.rid, reason, True, r.context))
         self._open.clear()
         self._queued.clear()
+        self._lane = None
         return outs

@@ -37,6 +37,7 @@ from csr_ros.core.intake import (CoalescingInbox, ThrottledLog, has_control_char
 from csr_ros.core.language import LanguageBatch, LanguageOut, ScoreRider
 from csr_ros.core.ledger import Increment
 from csr_ros.core.policy import make_policy
+from csr_ros.core.stamps import on_clock
 
 __all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
 log = logging.getLogger("csr_ros.scheduler")
@@ -105,6 +106,7 @@ class SchedulerCounters:
     holds_published: int = 0
     refused_requests: int = 0
     instructions_rejected: int = 0
+    restamped: int = 0  # observations whose own stamp was off this clock (receive time used)
     last_frame_ms: float = 0.0
     last_error: str = ""
 
@@ -136,6 +138,7 @@ class FrameScheduler:
         self.policy_period_ns = round(c.policy_period_s * 1e9)
         self.dt_ns = round(self.registry.dt_s * 1e9)
         self.validity_ns = round(min(c.chunk_valid_s, self.registry.horizon_steps * self.registry.dt_s) * 1e9)
+        self.max_skew_ns = round(c.max_stamp_skew_s * 1e9)
         self.k, self.max_open, self.max_question_chars = lang.tokens_per_frame, lang.max_open_requests, lang.max_question_chars
         self.max_id_chars = lang.max_request_id_chars
         self.lang_engine = language_engine if language_engine is not None else engine
@@ -161,11 +164,19 @@ class FrameScheduler:
 
     # ------------------------------------------------------------------ producers (any thread)
     def submit_increment(self, source: str, stamp_ns: int, text: str, facts: Sequence = ()) -> None:
-        """Queue an observation; it is rendered, tokenized and appended by the next frame. At most
+        """Queue an observation; it is rendered, tokenized and appended by the next frame. Its
+        stamp is put on this scheduler's clock first (:func:`csr_ros.core.stamps.on_clock`). At most
         ``control.queue_depth_per_input`` wait per source: beyond it the oldest waiting one of
         that source is dropped (coalesced, counted in ``status().increments_coalesced``)."""
+        stamp_ns, facts, moved = on_clock(int(stamp_ns), tuple(facts), self.clock_ns(), self.max_skew_ns)
         with self._lock:
-            self._inbox.put(str(source), int(stamp_ns), str(text), facts)
+            self._inbox.put(str(source), stamp_ns, str(text), facts)  # bounded per source (coalescing)
+            if moved:
+                self.counters.restamped += 1
+                first = self.counters.restamped == 1
+        if moved and first:
+            log.warning("observation stamps of %s are more than %.1f s from the node's clock (a bag replayed "
+                        "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
 
     def ask(self, request_id: str, question: str) -> LanguageOut | None:
         """Open a language request. None when accepted; else a final ``"refused: ..."`` piece

@@ -106,36 +106,29 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
     store = LedgerStore(led.dir, led.fsync, led.batch_period_s) if led.dir else None
     engine = CsrEngine(backend, b.budget_tokens, b.high_water_frac, b.evict_frac, system, clock_ns,
                        compactor=compactor, store=store,
-                       memory=EntityMemory() if cfg.memory.focus_enabled else None)
+                       memory=EntityMemory() if cfg.memory.focus_enabled or cfg.memory.answer_context == "memory"
+                       else None)
     reconciler = None
     if r.enabled:
         reconciler = Reconciler(backend, r.policy, b.evict_frac, r.threads, time.monotonic_ns,
                                 compactor=compactor, retry_backoff_s=r.retry_backoff_s,
                                 max_backoff_s=r.max_backoff_s, device=r.device)
     scheduler = FrameScheduler(engine, None, cfg, clock_ns, reconciler, registry=registry,
-                               prompt_ids=_focused_prompt_ids(cfg, engine))
+                               prompt_ids=_answer_prompts(cfg, engine))
     return Core(scheduler, reconciler, store.close if store is not None else (lambda: None))
 
 
-def _focused_prompt_ids(cfg: CsrConfig, engine) -> Callable[[str], list[int]] | None:
-    """Question -> query ids with the entity-memory lines of the entities it names (memory.*),
-    appended after the cached state (None: the scheduler's plain query)."""
+def _answer_prompts(cfg: CsrConfig, engine) -> Callable[[str], object] | None:
+    """Question -> the configured answer context (``memory.answer_context``, with focus lines:
+    :class:`csr_ros.core.answer.AnswerContexts`, entity names matched exactly and normalised,
+    no embeddings); None: the scheduler's plain query after the state."""
     m = cfg.memory
-    if m.answer_context != "state":
-        logging.getLogger("csr_ros.bringup").warning(
-            "memory.answer_context=%s: streamed answers are read from the cached state here", m.answer_context)
-    if not m.focus_enabled:
+    if not m.focus_enabled and m.answer_context == "state":
         return None
-    from csr_ros.core.answer import state_query_ids
-    from csr_ros.core.focus import FocusMatcher, focus_for
+    from csr_ros.core.answer import AnswerContexts
 
-    matcher = FocusMatcher(None, m.focus_threshold)  # exact and normalised names (no embeddings)
-
-    def prompt_ids(question: str) -> list[int]:
-        focus = focus_for(question, engine.memory, engine.ledger.epoch_ns, matcher, m.focus_max_lines)
-        return state_query_ids(engine, question, focus, cfg.language.lead_in)
-
-    return prompt_ids
+    contexts = AnswerContexts(m)
+    return lambda question: contexts.build(engine, question, cfg.language.lead_in)
 
 
 # ------------------------------------------------------------------------------ logging

@@ -270,3 +270,54 @@ def test_a_request_leaving_mid_stream_does_not_disturb_the_others(tiny):
     outs = drive(batch, k=2, joins={0: [("a", QUESTIONS[0]), ("b", QUESTIONS[1])]}, on_frame=leave)
     assert set(outs) == {"b"} and tuple(got["b"].out) == alone(tiny, QUESTIONS[1], n)
     assert eng.kv.open_branches() == [] and eng.check_invariant()
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["batched", "one-forward-per-request"])
+def test_memory_context_answers_in_their_own_state_beside_state_answers(tiny, batched):
+    """``memory.answer_context: memory`` on the live path: the request is decoded from its short
+    fresh prompt (exactly what answer.generate gives), a state answer in the same batch is not
+    disturbed, a swap of the shared state does not touch it, and every piece names its context."""
+    from csr_ros.core import answer
+    from csr_ros.core.entity_memory import EntityMemory
+    from csr_ros.core.focus import FocusMatcher, focus_for
+    from csr_ros.core.ledger import Fact
+
+    n = 10
+    eng = CsrEngine(tiny, budget_tokens=8192, clock_ns=lambda: 0, memory=EntityMemory())
+    for i, text in enumerate(OBS):
+        eng.submit("/camera/objects", (i + 1) * 10**9, text, [Fact("red cup", "location", f"room {i}", (i + 1) * 10**9)])
+    eng.flush()
+
+    def prompt(question):
+        context = "memory" if "cup" in question else "state"
+        f = focus_for(question, eng.memory, eng.ledger.epoch_ns, FocusMatcher())
+        return answer.build(eng, question, f, context)
+
+    ref = answer.generate(eng, prompt(QUESTIONS[1]), n)
+    batch = LanguageBatch(eng, max_new_tokens=n, batched=batched, prompt_ids=prompt)
+    seen: dict[str, set[str]] = {}
+
+    def swap(frame):
+        if frame == 2:
+            batch.suspend()
+            ledger = eng.snapshot().compacted(eng.ledger.memory, eng.ledger.increments)
+            kv = tiny.new_state()
+            kv.prefill(ledger.token_ids())
+            eng.install(ledger, kv)
+
+    joins = {0: [("a", QUESTIONS[0]), ("m", QUESTIONS[1])]}
+    done, frame = {}, 0
+    while frame == 0 or batch.num_open:
+        for rid, q in joins.get(frame, []):
+            batch.join(rid, q)
+        swap(frame)
+        for out in batch.advance(2):
+            seen.setdefault(out.request_id, set()).add(out.context)
+            if out.is_final:
+                done[out.request_id] = out
+        frame += 1
+        assert frame < 100
+    assert done["m"].text == ref.text and ref.context == "memory"
+    assert done["a"].text == make_engine(tiny).query(QUESTIONS[0], max_new_tokens=n).text
+    assert seen == {"a": {"state"}, "m": {"memory"}}
+    assert eng.kv.open_branches() == [] and eng.check_invariant()

@@ -337,3 +337,34 @@ def test_real_reconciler_swaps_in_a_compacted_state_while_answers_stream():
     # test_language_batch checks exact continuation across a swap on a real model)
     assert len(finals) >= 3 and not any(o.text.startswith(("error", "refused")) for o in finals)
     assert all(c is not None and c.action == "wave" for _, c in ticks[1:])
+
+
+def test_header_stamps_off_the_node_clock_are_replaced_so_times_stay_on_one_epoch():
+    """A bag replayed without use_sim_time: JointState/PoseStamped carry the recording's header
+    stamps (years before the node's clock), Strings the receive time. Every increment and fact
+    must end up on the node's clock, or focus lines read "(at 95687906.5 s)"."""
+    from csr_ros.core.entity_memory import EntityMemory
+    from csr_ros.core.focus import FocusMatcher, focus_for
+    from csr_ros.core.ledger import Fact
+
+    clock = Clock()
+    clock.t = 1_795_000_000 * S  # the node's clock (wall time)
+    recorded = 1_700_000_000 * S  # the bag's header stamps
+    eng = CsrEngine(ClockedBackend(clock), budget_tokens=1 << 16, clock_ns=clock, memory=EntityMemory())
+    sched = FrameScheduler(eng, None, load_config({"control.max_stamp_skew_s": 5.0}), clock)
+    sched.submit_increment("/joint_states", recorded, "elbow 0.50", [Fact("elbow", "position", "0.50", recorded)])
+    sched.run_frame()
+    clock.t += 3 * S
+    received = clock.t
+    sched.submit_increment("/observations", received, "I see the red cup in the kitchen.",
+                           [Fact("red cup", "location", "kitchen", received)])
+    on_time = received - 2 * S  # a synchronised sensor's own stamp, 2 s old: kept
+    sched.submit_increment("/robot_pose", on_time, "base at 1.0 2.0", [Fact("base", "position", "1.0 2.0", on_time)])
+    sched.run_frame()
+    incs = list(eng.ledger.increments)
+    assert [i.stamp_ns for i in incs[1:]] == [received, on_time]
+    assert all(abs(i.stamp_ns - clock.t) <= 5 * S for i in incs)
+    assert all(f.stamp_ns == i.stamp_ns for i in incs for f in i.facts)
+    assert sched.counters.restamped == 1
+    lines = focus_for("Where is the red cup now?", eng.memory, eng.ledger.epoch_ns, FocusMatcher()).lines
+    assert lines and all(float(line.rsplit("(at ", 1)[1].split(" s)")[0]) < 10.0 for line in lines), lines
