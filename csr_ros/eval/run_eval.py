@@ -210,10 +210,39 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-questions", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--json", help="write the results here")
     p.add_argument("--plot", help="write a recall / TTFT plot here (PNG)")
+    p.add_argument("--markdown", help="write the recall and TTFT tables here (Markdown)")
+    p.add_argument("--pool", action="store_true", help="the BAG arguments are result JSON files of earlier "
+                   "runs (e.g. one episode each): pool them instead of running (--json/--plot/--markdown apply)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _write(args: argparse.Namespace, result: dict, names: Sequence[str]) -> None:
+    from csr_ros.eval.report import markdown
+
+    write_json(args.json, result)
+    if args.plot:
+        plot(args.plot, result, names)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(markdown(result, names))
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    """``--pool``: merge earlier per-episode results; print and write them."""
+    from csr_ros.eval.report import pool
+
+    result = pool(args.bags)
+    names = list(result["methods"])
+    for label, ep in result["episodes"].items():
+        print_table(f"{label}: {ep['questions_n']} questions", ep, names)
+    print_table(f"pooled over {len(result['episodes'])} episodes ({result['n']} questions)", result, names)
+    _write(args, result, names)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pool:
+        return run_pool(args)
     names = [n.strip() for n in args.methods.split(",") if n.strip()]
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
@@ -254,7 +283,5 @@ def run(args: argparse.Namespace) -> int:
                     ep, names)
     if len(episodes) > 1:
         print_table(f"pooled over {len(episodes)} episodes ({result['n']} questions)", result, names)
-    write_json(args.json, result)
-    if args.plot:
-        plot(args.plot, result, names)
+    _write(args, result, names)
     return 0

@@ -1,0 +1,79 @@
+"""Pool ``csr-ros eval`` results and write them as Markdown tables.
+
+An evaluation of several episodes can run one episode at a time (each run writes its own JSON);
+:func:`pool` merges those files into the result a single run over all of them would have written
+(the pooled figures are recomputed from the per-question records, not averaged), and
+:func:`markdown` renders the per-episode and pooled tables (recall by question kind, TTFT).
+
+    csr-ros eval --pool out/eval_a.json out/eval_b.json --json out/eval_pooled.json --markdown out/eval.md
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from csr_ros.eval.methods import METHODS
+
+
+def pool(paths: Sequence[str | Path]) -> dict:
+    """One result from several result files of the same model and budget (episodes in order)."""
+    from csr_ros.eval.run_eval import summarize
+
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    if not results:
+        raise ValueError("nothing to pool")
+    for key in ("model", "budget_tokens", "free_form"):
+        values = {json.dumps(r.get(key)) for r in results}
+        if len(values) > 1:
+            raise ValueError(f"results differ in {key}: {sorted(values)}")
+    episodes: dict[str, dict] = {}
+    for r in results:
+        for label, ep in r["episodes"].items():
+            if label in episodes:
+                raise ValueError(f"episode {label!r} is in more than one result")
+            episodes[label] = ep
+    records = [q for ep in episodes.values() for q in ep["questions"]]
+    qa_chance = [c for ep in episodes.values() for c in ep["qa_chance"]]
+    names = [m for m in METHODS if any(m in ep["methods"] for ep in episodes.values())]
+    return {"model": results[0]["model"], "budget_tokens": results[0]["budget_tokens"],
+            "chance": round(sum(qa_chance) / len(qa_chance), 4), "n": len(qa_chance),
+            "free_form": results[0].get("free_form", False), "methods": summarize(records, names),
+            "wall_s": round(sum(r.get("wall_s", 0.0) for r in results), 1), "episodes": episodes,
+            "pooled_from": [str(p) for p in paths]}
+
+
+def _kinds(res: dict, names: Sequence[str]) -> list[str]:
+    return sorted({k for n in names for k in res["methods"].get(n, {}).get("by_kind", {})})
+
+
+def _recall_cell(m: dict | None, kinds: Sequence[str]) -> str:
+    if m is None:
+        return "-"
+    by = "/".join(f"{m['by_kind'].get(k, float('nan')):.2f}" for k in kinds)
+    return f"**{m['recall']:.2f}** ({by})" if kinds else f"**{m['recall']:.2f}**"
+
+
+def markdown(result: dict, names: Sequence[str] | None = None) -> str:
+    """Recall per episode and pooled (by kind in brackets), then TTFT p50 / p99 per method."""
+    names = [n for n in (names or METHODS) if n in result["methods"]]
+    eps = result["episodes"]
+    kinds = _kinds(result, names)
+    rows = [("episode", "n", "chance", *names), ("---", "---:", "---:", *("---:" for _ in names))]
+    for label, ep in eps.items():
+        rows.append((label, str(ep["questions_n"]), f"{ep['chance']:.2f}",
+                     *(_recall_cell(ep["methods"].get(n), kinds) for n in names)))
+    if len(eps) > 1:
+        rows.append(("**pooled**", str(result["n"]), f"{result['chance']:.2f}",
+                     *(_recall_cell(result["methods"].get(n), kinds) for n in names)))
+    out = [f"Recall ({'/'.join(kinds)} questions in brackets); {result['model']}, budget "
+           f"{result['budget_tokens']} tokens, closed-set scoring" if kinds else "Recall", ""]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    out += ["", "TTFT to the scored answer, ms (p50 / p99)", ""]
+    trows = [("episode", *names), ("---", *("---:" for _ in names))]
+    for label, ep in list(eps.items()) + ([("**pooled**", result)] if len(eps) > 1 else []):
+        trows.append((label, *(f"{ep['methods'][n]['ttft_ms_p50']:.0f} / {ep['methods'][n]['ttft_ms_p99']:.0f}"
+                               if n in ep["methods"] else "-" for n in names)))
+    out += ["| " + " | ".join(r) + " |" for r in trows]
+    return "\n".join(out) + "\n"
