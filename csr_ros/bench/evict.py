@@ -82,6 +82,26 @@ def _cpu_busy_s() -> tuple[float, float]:
     return busy, t.user + t.system
 
 
+def _gate_report(be) -> dict:
+    """What the CPU hot-path gate did over the whole run (csr_ros.core.hot_path)."""
+    import dataclasses
+
+    from csr_ros.core.hot_path import gate_of
+
+    g = gate_of(be)
+    return {"enabled": g.enabled, **dataclasses.asdict(g.counters)}
+
+
+def _scheduling() -> dict:
+    """How this process was scheduled against other tenants of the machine (Linux): its nice
+    value and whether the kernel's autogroup (which makes nice relative to the session only) was on."""
+    try:
+        autogroup = open("/proc/sys/kernel/sched_autogroup_enabled").read().strip() == "1"
+    except OSError:
+        autogroup = None
+    return {"nice": os.nice(0), "autogroup": autogroup, "cpus": os.cpu_count()}
+
+
 def _stats(ms: list[float]) -> dict:
     if not ms:
         return {"n": 0}
@@ -108,7 +128,8 @@ def _make(be, args, mode: str):
     from csr_ros.core.reconciler import Reconciler
 
     rec = Reconciler(be, policy=args.policy, evict_frac=args.evict_frac,
-                     threads=args.rebuild_threads, chunk_tokens=args.chunk_tokens)
+                     threads=args.rebuild_threads, chunk_tokens=args.chunk_tokens,
+                     yield_to_hot_path=args.hot_threads >= 0, hot_path_threads=max(0, args.hot_threads))
     eng = CsrEngine(be, budget_tokens=args.budget, high_water_frac=args.high_water, evict_frac=args.evict_frac,
                     compactor=rec.compactor, memory=EntityMemory())
     return eng, (rec if mode == "asr" else None)
@@ -155,7 +176,8 @@ def run_mode(be, args, mode: str) -> ModeResult:
 
     from csr_ros.core.reconciler import ReconcilerThread
 
-    torch.set_num_threads(args.threads if mode == "asr" else args.sync_threads)
+    torch.set_num_threads(args.threads if mode == "asr" else
+                          (args.sync_threads or max(args.threads, args.hot_threads, 1)))
     eng, rec = _make(be, args, mode)
     res, accepted = ModeResult(mode), []
     k = _warm_up(eng, rec, accepted, int(S / args.increment_hz))
@@ -295,8 +317,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--query-hz", type=float, default=1.5)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the inference thread (asr)")
     p.add_argument("--rebuild-threads", type=int, default=1, help="torch threads of the reconciler thread")
-    p.add_argument("--sync-threads", type=int, default=1,
-                   help="torch threads of the sync baseline (default: the same inference budget as asr)")
+    p.add_argument("--sync-threads", type=int, default=0,
+                   help="torch threads of the sync baseline (default: what an asr query gets: "
+                        "max(--threads, --hot-threads))")
+    p.add_argument("--hot-threads", type=int, default=-1,
+                   help="asr: a query pauses the rebuild at its next layer boundary and runs with this many "
+                        "torch threads (csr_ros.core.hot_path); 0: pause without more threads; -1: no pausing")
     p.add_argument("--ride-along", dest="flush_every_frame", action="store_false",
                    help="let increments ride along with the next query (default: each frame appends its own)")
     p.add_argument("--chunk-tokens", type=int, default=512, help="rebuild prefill chunk")
@@ -338,7 +364,10 @@ def run(args) -> dict:
                "high_water_frac": args.high_water, "evict_frac": args.evict_frac, "policy": args.policy,
                "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
                "threads": {"asr_inference": args.threads, "asr_rebuild": args.rebuild_threads,
-                           "sync": args.sync_threads},
+                           "asr_query_hot": args.hot_threads,
+                           "sync": args.sync_threads or max(args.threads, args.hot_threads, 1)},
+               "scheduling": _scheduling(),
+               "hot_path_gate": _gate_report(be),
                "modes": modes, "wall_s": round(time.perf_counter() - t0, 1),
                "samples": {r.mode: {"queries": r.queries, "swaps_s": [round(s, 3) for s in r.swaps]} for r in results}}
     if hasattr(be, "report"):  # serving engines: lanes, promotions, prompt tokens evaluated vs cached

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.compaction import CompactionError, CompactionPlan, apply_plan, plan_drop_oldest
+from csr_ros.core.hot_path import gate_of
 from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger, total_tokens
 from csr_ros.core.template import DEFAULT_SYSTEM
 
@@ -296,7 +297,8 @@ class CsrEngine:
         t0 = time.perf_counter()
         q = self.query_ids(question, lead_in, focus_lines)
         state_ids = self._take_pending()
-        bid, logits = self.kv.append_and_open(state_ids, q)
+        with gate_of(self.backend).hot():  # a CPU rebuild pauses for the first token
+            bid, logits = self.kv.append_and_open(state_ids, q)
         try:
             tok = int(logits.argmax())
             ttft = time.perf_counter() - t0
@@ -317,7 +319,8 @@ class CsrEngine:
         """Log-likelihood of each candidate answer (closed set), one batched pass."""
         self.flush()
         cands = [self.backend.encode(c if c.startswith(" ") else " " + c) for c in candidates]
-        return self.kv.score(self.query_ids(question, lead_in, focus_lines), cands)
+        with gate_of(self.backend).hot():
+            return self.kv.score(self.query_ids(question, lead_in, focus_lines), cands)
 
     def check_invariant(self) -> bool:
         """The KV cache holds exactly the ledger's tokens, in order."""

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 
 from csr_ros.core.compaction import Compactor, Summarize, render_increments
 from csr_ros.core.handoff import Handoff
+from csr_ros.core.hot_path import enable_for, gate_of
 from csr_ros.core.ledger import Increment, StateLedger
 
 log = logging.getLogger("csr_ros.reconciler")
@@ -109,8 +110,12 @@ class Reconciler:
     def __init__(self, backend, policy: str = "entity_memory", evict_frac: float = 0.5, threads: int = 1,
                  clock_ns: Callable[[], int] = time.monotonic_ns, store=None, summarizer: Summarize | None = None,
                  *, compactor: Compactor | None = None, retry_backoff_s: float = 0.5, max_backoff_s: float = 10.0,
-                 device: str = "", chunk_tokens: int = 512):
+                 device: str = "", chunk_tokens: int = 512, yield_to_hot_path: bool = False,
+                 hot_path_threads: int = 0):
         self.backend, self.threads, self.clock_ns = backend, threads, clock_ns
+        # CPU: the build pauses at decoder-layer boundaries while a query runs, which may then use
+        # hot_path_threads torch threads (csr_ros.core.hot_path)
+        self.yields_to_hot_path = enable_for(backend, hot_threads=hot_path_threads) if yield_to_hot_path else False
         if compactor is None:
             if policy == "summary" and summarizer is None:
                 summarizer = ModelSummarizer(backend)
@@ -257,21 +262,26 @@ class Reconciler:
 
     def _build(self, snap: StateLedger, stop: Callable[[], bool]) -> tuple[StateLedger, object]:
         try:
-            self.phase = "planning"
-            ledger, _plan = self.compactor.compact(snap)  # may call the summariser (model)
-            # a serving-engine backend warms the compacted prompt on its standby lane (promoted on install)
-            kv = getattr(self.backend, "new_build_state", self.backend.new_state)()
-            with self._stream_ctx():
-                self.phase = "prefill"
-                if kv.prefill(ledger.token_ids(), self.chunk_tokens, stop) is None:
-                    raise BuildCancelled()
-                self.phase = "replay"
-                self._replay(ledger, kv, stop)
-                if self._stream is not None:
-                    self._stream.synchronize()
-            return ledger, kv
+            with gate_of(self.backend).background():
+                return self._build_steps(snap, stop)
         finally:
             self.phase = "idle"
+
+    def _build_steps(self, snap: StateLedger, stop: Callable[[], bool]) -> tuple[StateLedger, object]:
+        """Plan, prefill the compacted prompt, replay what arrived meanwhile (phases for diagnostics)."""
+        self.phase = "planning"
+        ledger, _plan = self.compactor.compact(snap)  # may call the summariser (model)
+        # a serving-engine backend warms the compacted prompt on its standby lane (promoted on install)
+        kv = getattr(self.backend, "new_build_state", self.backend.new_state)()
+        with self._stream_ctx():
+            self.phase = "prefill"
+            if kv.prefill(ledger.token_ids(), self.chunk_tokens, stop) is None:
+                raise BuildCancelled()
+            self.phase = "replay"
+            self._replay(ledger, kv, stop)
+            if self._stream is not None:
+                self._stream.synchronize()
+        return ledger, kv
 
     def _replay(self, ledger: StateLedger, kv, stop: Callable[[], bool], rounds: int = 8) -> None:
         """Append the increments notified during the build (one forward per round)."""

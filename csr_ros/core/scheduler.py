@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.actions import ActionRegistry, registry_from_config
+from csr_ros.core.hot_path import gate_of
 from csr_ros.core.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
                                  request_refusal)
 from csr_ros.core.language import LanguageBatch, LanguageOut, ScoreRider
@@ -219,12 +220,13 @@ class FrameScheduler:
         self._reconcile()
         self._append_pending()
         due = self._policy_due(t0)
-        rider = self._rider() if due else None
-        if due and rider is None:
-            self._refresh_chunk(t0)
-        outs = self._advance_language(rider)
-        if rider is not None:  # the scores rode in the first language step (else: own forward)
-            self._refresh_chunk(t0, rider.scores)
+        with gate_of(self.engine.backend).hot():  # a CPU rebuild pauses for the policy and language
+            rider = self._rider() if due else None
+            if due and rider is None:
+                self._refresh_chunk(t0)
+            outs = self._advance_language(rider)
+            if rider is not None:  # the scores rode in the first language step (else: own forward)
+                self._refresh_chunk(t0, rider.scores)
         dur = self.clock_ns() - t0
         self._frame_ema_ns += (dur - self._frame_ema_ns) // 8
         self.counters.frames += 1

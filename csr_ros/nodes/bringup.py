@@ -112,7 +112,8 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
     if r.enabled:
         reconciler = Reconciler(backend, r.policy, b.evict_frac, r.threads, time.monotonic_ns,
                                 compactor=compactor, retry_backoff_s=r.retry_backoff_s,
-                                max_backoff_s=r.max_backoff_s, device=r.device)
+                                max_backoff_s=r.max_backoff_s, device=r.device,
+                                yield_to_hot_path=r.yield_to_hot_path, hot_path_threads=r.hot_path_threads)
     scheduler = FrameScheduler(engine, None, cfg, clock_ns, reconciler, registry=registry,
                                prompt_ids=_answer_prompts(cfg, engine))
     return Core(scheduler, reconciler, store.close if store is not None else (lambda: None))
