@@ -1,8 +1,9 @@
 """Pool ``csr-ros eval`` results and write them as Markdown tables.
 
-An evaluation of several episodes can run one episode at a time (each run writes its own JSON);
-:func:`pool` merges those files into the result a single run over all of them would have written
-(the pooled figures are recomputed from the per-question records, not averaged), and
+An evaluation of several episodes can run one episode at a time, and one episode in several runs
+with disjoint methods (each run writes its own JSON; the methods are independent, each reads its
+own stream); :func:`pool` merges those files into the result a single run over all of them would
+have written (the figures are recomputed from the per-question records, not averaged), and
 :func:`markdown` renders the per-episode and pooled tables (recall by question kind, TTFT).
 
     csr-ros eval --pool out/eval_a.json out/eval_b.json --json out/eval_pooled.json --markdown out/eval.md
@@ -31,9 +32,7 @@ def pool(paths: Sequence[str | Path]) -> dict:
     episodes: dict[str, dict] = {}
     for r in results:
         for label, ep in r["episodes"].items():
-            if label in episodes:
-                raise ValueError(f"episode {label!r} is in more than one result")
-            episodes[label] = ep
+            episodes[label] = _merge_runs(label, episodes[label], ep) if label in episodes else ep
     records = [q for ep in episodes.values() for q in ep["questions"]]
     qa_chance = [c for ep in episodes.values() for c in ep["qa_chance"]]
     names = [m for m in METHODS if any(m in ep["methods"] for ep in episodes.values())]
@@ -42,6 +41,22 @@ def pool(paths: Sequence[str | Path]) -> dict:
             "free_form": results[0].get("free_form", False), "methods": summarize(records, names),
             "wall_s": round(sum(r.get("wall_s", 0.0) for r in results), 1), "episodes": episodes,
             "pooled_from": [str(p) for p in paths]}
+
+
+def _merge_runs(label: str, a: dict, b: dict) -> dict:
+    """One episode evaluated in two runs with disjoint methods -> one episode result."""
+    from csr_ros.eval.run_eval import summarize
+
+    both = set(a["methods"]) & set(b["methods"])
+    if both:
+        raise ValueError(f"episode {label!r}: methods {sorted(both)} are in more than one result")
+    if a["qa_chance"] != b["qa_chance"] or a.get("qa") != b.get("qa"):
+        raise ValueError(f"episode {label!r}: the results are of different questions")
+    records = a["questions"] + b["questions"]
+    names = [m for m in METHODS if m in a["methods"] or m in b["methods"]]
+    return {**a, "methods": summarize(records, names), "questions": records,
+            "streams": {**a.get("streams", {}), **b.get("streams", {})},
+            "wall_s": round(a.get("wall_s", 0.0) + b.get("wall_s", 0.0), 1)}
 
 
 def _kinds(res: dict, names: Sequence[str]) -> list[str]:

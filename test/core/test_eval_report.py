@@ -44,7 +44,16 @@ def test_pooled_recall_is_over_all_questions_not_a_mean_of_episodes(tmp_path):
     assert "| ep_a | 2 | 0.10 | **0.50** (0.00/1.00) | **0.00** (0.00/0.00) |" in table
 
 
-def test_results_of_different_budgets_or_the_same_episode_twice_are_refused(tmp_path):
+def test_one_episode_in_two_runs_of_disjoint_methods_is_one_episode(tmp_path):
+    a = _result(tmp_path, "a.json", "ep", {"csr": [True, False], "memory": [True, True]}, ["now", "first"])
+    b = _result(tmp_path, "b.json", "ep", {"full": [False, True]}, ["now", "first"])
+    res = pool([a, b])
+    assert list(res["episodes"]) == ["ep"] and res["n"] == 2
+    assert {m: v["recall"] for m, v in res["methods"].items()} == {"csr": 0.5, "memory": 1.0, "full": 0.5}
+    assert res["episodes"]["ep"]["methods"]["full"]["by_kind"] == {"first": 1.0, "now": 0.0}
+
+
+def test_results_of_different_budgets_or_the_same_method_twice_are_refused(tmp_path):
     a = _result(tmp_path, "a.json", "ep_a", {"csr": [True]}, ["now"])
     b = _result(tmp_path, "b.json", "ep_b", {"csr": [True]}, ["now"], budget=4096)
     with pytest.raises(ValueError, match="budget_tokens"):
