@@ -7,6 +7,8 @@ can be traced to the call it made; test/graph runs the real scheduler end to end
 
 from __future__ import annotations
 
+import contextlib
+
 import threading
 import time
 from dataclasses import dataclass, field
@@ -258,7 +260,10 @@ def test_use_sim_time_stamps_follow_clock(ros_context):
         node.destroy_node()
 
 
-def test_reconciler_node_builds_in_its_own_executor_thread(ros_context):
+@contextlib.contextmanager
+def _spinning_reconciler_node(ctx, wrap=None):
+    """A fake-backend engine with 8 increments, its Reconciler (``wrap(reconciler)`` may patch
+    it) and a ReconcilerNode spun by its own executor thread named ``reconciler-executor``."""
     from rclpy.executors import SingleThreadedExecutor
 
     from csr_ros.core.backends.fake import FakeBackend
@@ -271,29 +276,67 @@ def test_reconciler_node_builds_in_its_own_executor_thread(ros_context):
     for i in range(8):
         engine.submit("/obs", i * 10**9, f"the cup {i} is in the kitchen")
     engine.flush()
-    reconciler = Reconciler(backend, "drop_oldest", 0.5)
-    built_in = []
-    run_once = reconciler.run_once
-    reconciler.run_once = lambda stop=None: built_in.append(threading.current_thread().name) or run_once(stop)
+    reconciler = Reconciler(backend, "drop_oldest", 0.5, retry_backoff_s=0.0, max_backoff_s=0.0)
+    if wrap is not None:
+        wrap(reconciler)
     stop = threading.Event()
-    node = ReconcilerNode(ros_context, reconciler, 0.01, stop)
+    node = ReconcilerNode(ctx, reconciler, 0.01, stop)
     assert node.get_name() == "csr_reconciler"
-    executor = SingleThreadedExecutor(context=ros_context)
+    executor = SingleThreadedExecutor(context=ctx)
     executor.add_node(node)
     thread = threading.Thread(target=executor.spin, name="reconciler-executor", daemon=True)
     thread.start()
     try:
+        yield engine, reconciler, thread
+    finally:
+        stop.set()
+        executor.shutdown(timeout_sec=5)
+        thread.join(5)
+        node.destroy_node()
+
+
+def test_reconciler_node_builds_in_its_own_executor_thread(ros_context):
+    built_in = []
+
+    def record_thread(reconciler):
+        run_once = reconciler.run_once
+        reconciler.run_once = lambda stop=None: built_in.append(threading.current_thread().name) or run_once(stop)
+
+    with _spinning_reconciler_node(ros_context, record_thread) as (engine, reconciler, _thread):
         assert reconciler.request(engine.snapshot())
         assert _until(lambda: reconciler.handoff.peek_version() is not None)
         ledger, kv = reconciler.take_ready(engine.ledger.version)
         engine.install(ledger, kv)
         assert engine.ledger.version == 1 and engine.check_invariant()
         assert set(built_in) == {"reconciler-executor"}
-    finally:
-        stop.set()
-        executor.shutdown(timeout_sec=5)
-        thread.join(5)
-        node.destroy_node()
+
+
+def test_an_exception_escaping_run_once_is_caught_and_the_reconciler_recovers(ros_context):
+    """An exception in the reconciler node's executor thread (one that escapes ``run_once``): the
+    node's timer catches it, marks the reconciler failed (so it never stays ``building``), and its
+    executor keeps spinning; the next request builds and hands over a state."""
+    calls = []
+
+    def failing_offer(reconciler):
+        offer = reconciler.handoff.offer
+
+        def offer_once_failing(version, payload):  # raises inside run_once's bookkeeping, after the build
+            calls.append(version)
+            if len(calls) == 1:
+                raise RuntimeError("injected exception in the reconciler thread")
+            return offer(version, payload)
+
+        reconciler.handoff.offer = offer_once_failing
+
+    with _spinning_reconciler_node(ros_context, failing_offer) as (engine, reconciler, thread):
+        assert reconciler.request(engine.snapshot())
+        assert _until(lambda: reconciler.state == "failed")  # not stuck in "building"
+        assert "injected exception in the reconciler thread" in reconciler.counters.last_error
+        assert thread.is_alive() and engine.check_invariant() and engine.ledger.version == 0
+        assert reconciler.request(engine.snapshot())  # accepting again after the back-off
+        assert _until(lambda: reconciler.handoff.peek_version() is not None)
+        engine.install(*reconciler.take_ready(engine.ledger.version))
+        assert engine.ledger.version == 1 and engine.check_invariant() and calls == [1, 1]
 
 
 def test_node_names_under_a_launch_style_global_rename(ros_domain_id):
