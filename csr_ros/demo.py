@@ -17,7 +17,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-EPISODE = Path(__file__).resolve().parent.parent / "episodes" / "household_small"
+def _shipped_episode() -> Path:
+    """The shipped household episode: in the source tree, else installed under share/csr_ros."""
+    from csr_ros.core.actions import package_data_dirs
+
+    found = [d / "household_small" for d in package_data_dirs("episodes") if (d / "household_small").is_dir()]
+    return found[0] if found else package_data_dirs("episodes")[0] / "household_small"
+
+
+EPISODE = _shipped_episode()
 
 
 def add_args(p: argparse.ArgumentParser) -> None:

@@ -73,7 +73,7 @@ fi
   || die "lark-parser 0.12 is not importable as 'lark'"
 
 # --- 3. the csr_ros package (msgs via CMake, persistent build dir build/<wheel tag>) ---------
-pkg_key="$( { find msg cmake csr_ros launch config -type f \
+pkg_key="$( { find msg cmake csr_ros launch config episodes -type f \
                 ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null || true
               printf '%s\n' CMakeLists.txt package.xml pyproject.toml; } \
             | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum | cut -c1-16)"

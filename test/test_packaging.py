@@ -106,6 +106,9 @@ def test_installed_prefix_has_the_ros_layout():
         assert os.access(path, os.X_OK), f"{path} is not executable"
         assert path.read_text().startswith("#!/usr/bin/env python3\n")
     assert sorted(p.name for p in (share / "msg").glob("*.msg")) == sorted(p.name for p in MSG_FILES)
+    # what the installed `csr-ros demo` reads when it runs outside the source tree
+    assert (share / "episodes" / "household_small" / "qa.jsonl").is_file()
+    assert (share / "config" / "csr.yaml").is_file()
 
 
 @pytest.mark.parametrize("cwd", ["source_tree", "elsewhere"])

@@ -54,12 +54,18 @@ class ActionEntry:
     chunk: tuple[float, ...]
 
 
+def package_data_dirs(sub: str) -> list[Path]:
+    """Where a shipped top-level folder (``config``, ``episodes``) lives: the source tree, then the
+    installed ``share/csr_ros/<sub>`` of this environment and of every ament prefix."""
+    dirs = [Path(__file__).resolve().parents[2] / sub]
+    prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
+    dirs += [Path(p) / "share" / "csr_ros" / sub for p in prefixes]
+    return dirs
+
+
 def package_config_dirs() -> list[Path]:
     """Where shipped config files live: the source tree, then installed ``share/csr_ros/config``."""
-    dirs = [Path(__file__).resolve().parents[2] / "config"]
-    prefixes = [sys.prefix] + [p for p in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep) if p]
-    dirs += [Path(p) / "share" / "csr_ros" / "config" for p in prefixes]
-    return dirs
+    return package_data_dirs("config")
 
 
 def resolve_config_file(path: str, default_name: str) -> Path:
