@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from csr_ros.core.entity_memory import EntityMemory
@@ -191,6 +191,11 @@ class Compactor:
         self._lock = threading.Lock()
         self._evicted: dict[int, EntityMemory] = {-1: EntityMemory()}
         self.missing_prior = 0  # plans that could not find the memory of earlier evictions
+        # Bound of the entity-memory block, tokens (None: unbounded). The engine sets it so that
+        # prefix + block stay well below the high-water mark: a block that grew past it would
+        # leave nothing to evict and every frame would fall back to a synchronous eviction.
+        self.max_block_tokens: int | None = None
+        self.trimmed_lines = 0  # memory lines left out of blocks by that bound (stalest keys first)
 
     def seed(self, evicted: EntityMemory, covers_through_seq: int) -> None:
         """Install the memory of the increments evicted up to ``covers_through_seq`` (restart)."""
@@ -232,7 +237,31 @@ class Compactor:
             lines = ([body] if body else []) + EntityMemory().observe_all(plan.evicted).render(ledger.epoch_ns)
             return CompactionPlan("summary", plan.evicted, plan.retained, tuple(lines))
         self._remember(plan)
-        return plan
+        return self._bounded(plan, ledger.epoch_ns)
+
+    def _bounded(self, plan: CompactionPlan, epoch_ns: int) -> CompactionPlan:
+        """``plan`` with its entity-memory block cut to ``max_block_tokens``: the keys observed
+        most recently are kept (rendered in key order); the memory itself stays whole (focus and
+        later compactions still see every key)."""
+        mem, cap = plan.entity_memory, self.max_block_tokens
+        if mem is None or cap is None or not plan.memory_lines:
+            return plan
+        if len(self.encode(self.template.memory(list(plan.memory_lines)))) <= cap:
+            return plan
+        overhead = len(self.encode(self.template.memory([])))
+        kept, used = [], overhead
+        for key in mem.newest_keys():
+            cost = len(self.encode(mem.line(key, epoch_ns))) + 1  # + its newline
+            if used + cost > cap:
+                break
+            kept.append(key)
+            used += cost
+        lines = tuple(mem.render(epoch_ns, kept))
+        while lines and len(self.encode(self.template.memory(list(lines)))) > cap:  # the estimate was low
+            kept.pop()
+            lines = tuple(mem.render(epoch_ns, kept))
+        self.trimmed_lines += len(plan.memory_lines) - len(lines)
+        return replace(plan, memory_lines=lines)
 
     def compact(self, ledger: StateLedger, allow_model: bool = True) -> tuple[StateLedger, CompactionPlan]:
         """The next ledger version for ``ledger`` (plan + apply) and the plan."""

@@ -95,6 +95,9 @@ class CsrEngine:
         self.counters = EngineCounters()
         self._events: deque[EngineEvent] = deque(maxlen=EVENTS_KEPT)  # undrained: the oldest go
         self.compactor, self.store, self.memory = compactor, store, memory
+        if compactor is not None and getattr(compactor, "max_block_tokens", 0) is None:
+            # the memory block may take at most 3/4 of the room between prefix and high water
+            compactor.max_block_tokens = max(1, 3 * (self.high_water_tokens - len(prefix)) // 4)
         self.restored = None  # what the store held at start (csr_ros.core.ledger_store.Restored)
         if store is not None:
             self._open_store(store)

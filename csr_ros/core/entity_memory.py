@@ -82,11 +82,13 @@ class EntityMemory:
         through_seq: the newest increment sequence number folded in (-1: none).
     """
 
-    def __init__(self, max_value_chars: int = 96):
+    def __init__(self, max_value_chars: int = 96, max_keys: int = 4096):
         self.max_value_chars = max_value_chars
+        self.max_keys = max_keys  # bound: beyond it the keys observed longest ago are forgotten
         self._entries: dict[str, MemoryEntry] = {}
         self.through_seq = -1
         self.increments = 0
+        self.forgotten_keys = 0  # keys dropped by the max_keys bound (a flood of new names)
 
     # ----------------------------------------------------------------- updates
     def observe(self, inc: Increment) -> None:
@@ -96,6 +98,21 @@ class EntityMemory:
             self._entries[key] = MemoryEntry(key, obs, obs, 1) if cur is None else cur.updated(obs)
         self.through_seq = max(self.through_seq, inc.seq)
         self.increments += 1
+        self._bound()
+
+    def _bound(self) -> None:
+        """Forget the keys observed longest ago while more than ``max_keys`` are held."""
+        over = len(self._entries) - self.max_keys
+        if over <= 0:
+            return
+        stalest = sorted(self._entries.values(), key=lambda e: (e.last.order, e.key))[:over]
+        for e in stalest:
+            del self._entries[e.key]
+        self.forgotten_keys += over
+
+    def newest_keys(self) -> list[str]:
+        """All keys, the most recently observed first (ties by key)."""
+        return [e.key for e in sorted(self._entries.values(), key=lambda e: (e.last.order, e.key), reverse=True)]
 
     def observe_all(self, incs: Iterable[Increment]) -> "EntityMemory":
         for inc in incs:
@@ -109,12 +126,13 @@ class EntityMemory:
             self._entries[key] = entry if cur is None else cur.merged(entry)
         self.through_seq = max(self.through_seq, other.through_seq)
         self.increments += other.increments
+        self._bound()
         return self
 
     def copy(self) -> "EntityMemory":
-        out = EntityMemory(self.max_value_chars)
+        out = EntityMemory(self.max_value_chars, self.max_keys)
         out._entries = dict(self._entries)  # entries are immutable
-        out.through_seq, out.increments = self.through_seq, self.increments
+        out.through_seq, out.increments, out.forgotten_keys = self.through_seq, self.increments, self.forgotten_keys
         return out
 
     # ----------------------------------------------------------------- queries

@@ -161,3 +161,30 @@ def test_dispatcher_and_its_errors():
 def test_memory_body_inverts_the_template():
     assert memory_body(TEMPLATE, TEMPLATE.memory(["a", "b c"])) == "a\nb c"
     assert memory_body(TEMPLATE, "") == ""
+
+
+def test_entity_memory_block_is_bounded_newest_keys_kept_memory_whole():
+    from csr_ros.core.backends.fake import FakeBackend
+    from csr_ros.core.compaction import Compactor
+    from csr_ros.core.engine import CsrEngine
+
+    be = FakeBackend()
+    comp = Compactor("entity_memory", 0.5, be.template, be.encode)
+    eng = CsrEngine(be, budget_tokens=1500, high_water_frac=0.75, compactor=comp)
+    cap = comp.max_block_tokens
+    assert cap is not None and cap < eng.high_water_tokens
+    for k in range(300):  # every increment names a new thing: the memory would grow without end
+        name = f"thing number {k}"
+        eng.submit("/observations", (k + 1) * 10**9, f"I see {name} in the hall.",
+                   (Fact(name, "location", "the hall by the stairs", (k + 1) * 10**9),))
+        eng.flush()
+        assert eng.ledger.num_tokens <= eng.budget_tokens and eng.check_invariant()
+    block = eng.ledger.memory
+    assert 0 < len(block.token_ids) <= cap and comp.trimmed_lines > 0
+    assert "thing number 299" not in block.text or "thing number 0 " not in block.text
+    # the newest evicted names are in the block, the stalest were left out of it
+    evicted_keys = comp._prior(eng.ledger).newest_keys()
+    assert evicted_keys[0].split(".")[0] in block.text and evicted_keys[-1].split(".")[0] not in block.text
+    # every compaction made room for new increments (a block grown past the high-water mark
+    # would leave nothing to evict): the retained increments are the newest ones, several of them
+    assert len(eng.ledger.increments) >= 3 and eng.ledger.increments[-1].seq == 299

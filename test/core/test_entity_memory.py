@@ -98,3 +98,15 @@ def test_fold_and_merge_do_not_depend_on_order(obs, seed):
     a, b = EntityMemory().observe_all(shuffled[:k]), EntityMemory().observe_all(shuffled[k:])
     assert a.copy().merge(b) == whole == b.merge(a)
     assert whole.render(0) == EntityMemory().observe_all(shuffled).render(0)
+
+
+def test_a_flood_of_new_names_is_bounded_by_forgetting_the_stalest_keys():
+    m = EntityMemory(max_keys=4)
+    for k in range(10):
+        m.observe(inc(k, float(k), facts=[fact(f"thing{k}", "location", "hall", float(k))]))
+    assert m.keys() == [f"thing{k}.location" for k in range(6, 10)] and m.forgotten_keys == 6
+    m.observe(inc(10, 10.0, facts=[fact("thing6", "location", "attic", 10.0)]))  # refreshed: kept
+    m.observe(inc(11, 11.0, facts=[fact("thing11", "location", "hall", 11.0)]))
+    assert "thing6.location" in m and "thing7.location" not in m and len(m) == 4
+    assert m.newest_keys()[:2] == ["thing11.location", "thing6.location"]
+    assert m.copy().max_keys == 4 and m.copy().forgotten_keys == m.forgotten_keys
