@@ -128,19 +128,28 @@ def test_state_appends_between_steps_keep_answers(tiny):
         assert outs[rid].text == make_engine(tiny).query(q, max_new_tokens=n).text
 
 
+def _swap_at(frame_no: int, eng, batch, backend):
+    """An ``on_frame`` hook: at ``frame_no`` suspend the batch and install a rebuilt state with
+    the same tokens (a new version), as a reconciler swap does."""
+
+    def swap(frame):
+        if frame == frame_no:
+            batch.suspend()
+            ledger = eng.snapshot().compacted(eng.ledger.memory, eng.ledger.increments)
+            kv = backend.new_state()
+            kv.prefill(ledger.token_ids())
+            eng.install(ledger, kv)
+
+    return swap
+
+
 def test_swap_reopens_answers_where_they_stopped(tiny):
     """A swapped-in state with the same tokens (a new version) continues every answer exactly."""
     n = 12
     eng = make_engine(tiny)
     batch = LanguageBatch(eng, max_new_tokens=n)
 
-    def swap(frame):
-        if frame == 2:
-            batch.suspend()
-            ledger = eng.snapshot().compacted(eng.ledger.memory, eng.ledger.increments)
-            kv = tiny.new_state()
-            kv.prefill(ledger.token_ids())
-            eng.install(ledger, kv)
+    swap = _swap_at(2, eng, batch, tiny)
 
     outs = drive(batch, k=2, joins={0: [("a", QUESTIONS[0]), ("b", QUESTIONS[1])]}, on_frame=swap)
     assert eng.ledger.version == 1 and eng.counters.swaps == 1
@@ -297,13 +306,7 @@ def test_memory_context_answers_in_their_own_state_beside_state_answers(tiny, ba
     batch = LanguageBatch(eng, max_new_tokens=n, batched=batched, prompt_ids=prompt)
     seen: dict[str, set[str]] = {}
 
-    def swap(frame):
-        if frame == 2:
-            batch.suspend()
-            ledger = eng.snapshot().compacted(eng.ledger.memory, eng.ledger.increments)
-            kv = tiny.new_state()
-            kv.prefill(ledger.token_ids())
-            eng.install(ledger, kv)
+    swap = _swap_at(2, eng, batch, tiny)
 
     joins = {0: [("a", QUESTIONS[0]), ("m", QUESTIONS[1])]}
     done, frame = {}, 0
