@@ -15,7 +15,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from csr_ros.bench.common import percentile, write_json
 from csr_ros.eval.episode import EpisodeError, load_qa, read_bag, resolve_episode
@@ -88,6 +88,23 @@ def chance(qa) -> float:
     return round(sum(len(q.answers) / len(q.candidates) for q in qa) / len(qa), 4)
 
 
+def replay(messages, perception, streams: dict, ask_due: Callable[[float], None],
+           on_message: Callable[[], None] | None = None) -> None:
+    """Feed an episode's messages, in order, to every method's stream: questions due before a
+    message are asked first (``ask_due(t_s)``); each accepted observation is observed and a frame
+    run on every stream; the remaining questions are asked at the end."""
+    for m in messages:
+        ask_due(m.t_s)
+        obs = perception(m.topic, m.msgtype, m.msg, m.stamp_ns)
+        if obs is not None:
+            for s in streams.values():
+                s.observe(m.topic, m.stamp_ns, obs.text, obs.facts)
+                s.frame()
+        if on_message is not None:
+            on_message()
+    ask_due(float("inf"))
+
+
 def run_episode(label: str, bag: Path, qa_path: Path, params: Path | None, names: Sequence[str], backend,
                 context_tokens: int, overrides: dict, args: argparse.Namespace) -> dict:
     """Run every method over one episode; returns its result dict (with per-question records)."""
@@ -122,15 +139,7 @@ def run_episode(label: str, bag: Path, qa_path: Path, params: Path | None, names
             bar.update(1)
             bar.set_postfix(_running(records, methods), refresh=False)
 
-    for m in messages:
-        ask_due(m.t_s)
-        obs = perception(m.topic, m.msgtype, m.msg, m.stamp_ns)
-        if obs is not None:
-            for s in streams.values():
-                s.observe(m.topic, m.stamp_ns, obs.text, obs.facts)
-                s.frame()
-        bar.update(1)
-    ask_due(float("inf"))
+    replay(messages, perception, streams, ask_due, on_message=lambda: bar.update(1))
     bar.close()
     counts = {t: vars(c) for t, c in perception.counts.items()}
     return {"bag": str(bag), "qa": str(qa_path), "chance": chance(qa), "questions_n": len(qa),

@@ -13,6 +13,7 @@ from csr_ros.core.config import load_config, load_params_file
 from csr_ros.eval.episode import load_qa, read_bag
 from csr_ros.eval.inputs import Perception, parse_inputs, split_params
 from csr_ros.eval.make_episode import make_episode
+from csr_ros.eval.run_eval import replay
 from csr_ros.eval.methods import Settings, build_methods
 
 pytestmark = pytest.mark.model
@@ -34,14 +35,7 @@ def test_csr_nofocus_equals_full_reprefill(smol, tmp_path):
             pairs.append((methods["csr_nofocus"].answer(qa[qi]), methods["full"].answer(qa[qi])))
             qi += 1
 
-    for m in msgs:
-        ask_due(m.t_s)
-        o = per(m.topic, m.msgtype, m.msg, m.stamp_ns)
-        if o is not None:
-            for s in streams.values():
-                s.observe(m.topic, m.stamp_ns, o.text, o.facts)
-                s.frame()
-    ask_due(float("inf"))
+    replay(msgs, per, streams, ask_due)
     csr = streams["csr"]
     assert csr.engine.counters.swaps == 0 and csr.engine.counters.sync_evictions == 0  # it all fits
     assert csr.engine.check_invariant()
