@@ -24,6 +24,7 @@ import argparse
 import gc
 import logging
 import os
+import resource
 import time
 from dataclasses import dataclass, field
 
@@ -100,6 +101,15 @@ def _scheduling() -> dict:
     except OSError:
         autogroup = None
     return {"nice": os.nice(0), "autogroup": autogroup, "cpus": os.cpu_count()}
+
+
+def _thread_rusage() -> tuple[int, float]:
+    """(minor page faults, system CPU ms) of the calling thread so far (Linux; zeros elsewhere)."""
+    try:
+        ru = resource.getrusage(resource.RUSAGE_THREAD)
+    except (AttributeError, OSError):
+        return 0, 0.0
+    return ru.ru_minflt, ru.ru_stime * 1e3
 
 
 def _stats(ms: list[float]) -> dict:
@@ -183,7 +193,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
     k = _warm_up(eng, rec, accepted, int(S / args.increment_hz))
     every = max(1, round(args.increment_hz / args.query_hz))
     period = 1.0 / args.increment_hz
-    worker = ReconcilerThread(rec, poll_s=0.005).start() if rec else None
+    worker = ReconcilerThread(rec).start() if rec else None
     gc.collect()
     gc.freeze()
     res.load_avg.append(os.getloadavg()[0])
@@ -217,14 +227,16 @@ def run_mode(be, args, mode: str) -> ModeResult:
                 _arrive(eng, rec, accepted, k + frame, args)
             if is_query:
                 phase, busy0 = rec.phase if rec is not None else "", _cpu_busy_s()
-                t_call, cpu0 = time.perf_counter(), time.thread_time()
+                t_call, cpu0, ru0 = time.perf_counter(), time.thread_time(), _thread_rusage()
                 r = eng.query(QUESTION, max_new_tokens=1)
                 cpu_ms = (time.thread_time() - cpu0) * 1e3  # < call_ms: this thread was preempted
+                faults, sys_ms = (b - a for a, b in zip(ru0, _thread_rusage()))
                 busy, ours = (b - a for a, b in zip(busy0, _cpu_busy_s()))
                 ttft_ms = (t_call - t_sched + r.ttft_s) * 1e3
                 res.queries.append({"t_s": round(t_sched - t_start, 3), "ttft_ms": round(ttft_ms, 2),
                                     "call_ms": round(r.ttft_s * 1e3, 2), "cpu_ms": round(cpu_ms, 2),
                                     "state_tokens": r.state_tokens, "rebuild_phase": phase,
+                                    "page_faults": faults, "sys_ms": round(sys_ms, 2),
                                     # CPU cores other processes used during the call (coarse: 10 ms ticks)
                                     "other_cores": round(max(0.0, busy - ours) / max(r.ttft_s, 1e-3), 2),
                                     "rebuilding": rec is not None and rec.state == "building"})
@@ -311,21 +323,21 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--budget", type=int, default=1024, help="budget_tokens (hard limit)")
     p.add_argument("--high-water", type=float, default=0.6, help="high_water_frac")
-    p.add_argument("--evict-frac", type=float, default=0.6)
+    p.add_argument("--evict-frac", type=float, default=0.8)
     p.add_argument("--policy", default="entity_memory", choices=("drop_oldest", "entity_memory", "summary"))
     p.add_argument("--increment-hz", type=float, default=3.0)
-    p.add_argument("--query-hz", type=float, default=1.5)
+    p.add_argument("--query-hz", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the inference thread (asr)")
     p.add_argument("--rebuild-threads", type=int, default=1, help="torch threads of the reconciler thread")
     p.add_argument("--sync-threads", type=int, default=0,
                    help="torch threads of the sync baseline (default: what an asr query gets: "
                         "max(--threads, --hot-threads))")
-    p.add_argument("--hot-threads", type=int, default=-1,
+    p.add_argument("--hot-threads", type=int, default=0,
                    help="asr: a query pauses the rebuild at its next layer boundary and runs with this many "
                         "torch threads (csr_ros.core.hot_path); 0: pause without more threads; -1: no pausing")
     p.add_argument("--ride-along", dest="flush_every_frame", action="store_false",
                    help="let increments ride along with the next query (default: each frame appends its own)")
-    p.add_argument("--chunk-tokens", type=int, default=512, help="rebuild prefill chunk")
+    p.add_argument("--chunk-tokens", type=int, default=256, help="rebuild prefill chunk")
     p.add_argument("--max-s", type=float, default=600.0, help="time limit per mode, s")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")

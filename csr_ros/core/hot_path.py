@@ -7,8 +7,9 @@ share the interpreter lock, caches and memory bandwidth: measured with SmolLM2 o
 
 :class:`HotPathGate` removes that overlap. The hot path (a question's first token, closed-set
 scoring, a frame's policy and language step) enters :meth:`HotPathGate.hot`; a background thread
-registered with :meth:`HotPathGate.background` waits at every decoder-layer boundary of its own
-forwards (a forward pre-hook, :meth:`HotPathGate.attach`) while any hot section is open, and the
+registered with :meth:`HotPathGate.background` waits at every checkpoint of its own forwards
+(forward pre-hooks, :meth:`HotPathGate.attach`, :func:`checkpoint_modules`) while any hot
+section is open, and the
 hot section takes the cores the paused build leaves idle (``hot_threads``). (Waiting at the start
 of a hot section for a running build to park was tried and made both sides slower: a build is
 often between forwards, where it never parks.) A layer
@@ -18,11 +19,16 @@ unhindered for as long again) so that a busy hot path slows a rebuild by at most
 stalls it, and threads that are not registered never wait (the hooks cost one set
 lookup per layer).
 
-Opt-in (``reconciler.yield_to_hot_path``). Measured with ``csr-ros bench evict`` (SmolLM2, 2
-cores, budget 1024, 3 increments/s, 1.5 queries/s, ``--hot-threads 2``): over the first cycles
-query TTFT p99/p50 fell from ~1.5 to ~1.36, but a paused rebuild took 3-4 s instead of ~2 s,
-longer than the budget's headroom at that increment rate, and over 100 cycles most cycles ended
-in a synchronous eviction (p99/p50 8). It helps where queries are sparse or the headroom is long.
+Opt-in (``reconciler.yield_to_hot_path``); ``csr-ros bench evict`` runs with it by default
+(``--hot-threads 0``). Checkpoints sit before each layer's attention and before its MLP, so with
+256-token rebuild chunks a query meets at most ~15 ms of a running build. Measured with SmolLM2
+on 2 cores (budget 1024, 3 increments/s, 1 query/s, entity memory evicting 80 %): over 100
+cycles query TTFT p99/p50 1.23 with the gate (see the README for the same run without it). The price is rebuild
+time (~2.3 s instead of ~2 s), which must stay inside the budget's headroom at the increment
+rate: at 1.5 queries/s and 60 % evicted, paused rebuilds took 3-4 s, replay chased new
+increments, and most cycles ended in a synchronous eviction. It is off in the node's default
+configuration because a frame (policy + language) is a hot section at the control rate, which
+leaves a paused build little time; turn it on where queries are sparse or the headroom long.
 
 One gate per model (:func:`gate_of`), shared by the engine (hot side) and the reconciler
 (background side). No rclpy, no transformers import: hooks go on any ``torch.nn.Module`` list.
@@ -49,7 +55,7 @@ class GateCounters:
 class HotPathGate:
     """Hot sections pause registered background threads at their checkpoints (see module doc)."""
 
-    def __init__(self, max_wait_s: float = 0.25, hot_threads: int = 0):
+    def __init__(self, max_wait_s: float = 1.0, hot_threads: int = 0):
         self.max_wait_s = max_wait_s
         self.hot_threads = hot_threads  # torch threads of a hot section (0: unchanged)
         self._local = threading.local()
@@ -154,6 +160,16 @@ def decoder_layers(model) -> list:
     return []
 
 
+def checkpoint_modules(layers) -> list:
+    """Where a background forward may pause: before each layer's attention and before its MLP
+    (half a layer: a query waits at most that long), or before the whole layer when it has neither."""
+    out = []
+    for layer in layers:
+        parts = [getattr(layer, n, None) for n in ("self_attn", "mlp")]
+        out.extend(p for p in parts if p is not None) if any(parts) else out.append(layer)
+    return out
+
+
 def gate_of(backend) -> HotPathGate:
     """The one gate of ``backend``'s model (created on first use, disabled until enabled)."""
     gate = getattr(backend, "_hot_path_gate", None)
@@ -166,7 +182,7 @@ def gate_of(backend) -> HotPathGate:
     return gate
 
 
-def enable_for(backend, max_wait_s: float = 0.25, hot_threads: int = 0) -> bool:
+def enable_for(backend, max_wait_s: float = 1.0, hot_threads: int = 0) -> bool:
     """Turn the gate of a CPU model on (hooks on its decoder layers). ``hot_threads`` > 0: a hot
     section runs with that many torch threads (the cores a paused rebuild leaves idle). A CUDA
     model or a backend without a local model (fake, serving engine) keeps it off. Returns
@@ -180,6 +196,6 @@ def enable_for(backend, max_wait_s: float = 0.25, hot_threads: int = 0) -> bool:
         return False
     gate = gate_of(backend)
     gate.max_wait_s, gate.hot_threads = max_wait_s, hot_threads
-    gate.attach(layers)
+    gate.attach(checkpoint_modules(layers))
     gate.enabled = True
     return True

@@ -37,6 +37,8 @@ def test_bench_evict_tiny_shape_writes_the_json_and_loses_nothing(tmp_path, one_
         assert m["lost_increments"] == 0 and m["evicted_by_policy"] == 0
         assert m["accepted"] == m["in_state"] + m["represented_in_memory"]
     assert data["modes"]["sync"]["sync_fallbacks"] == 0  # sync mode compacts at the high-water mark
+    assert data["hot_path_gate"]["enabled"] and data["threads"]["asr_query_hot"] == 0  # the default
+    assert {"page_faults", "sys_ms", "cpu_ms"} <= set(data["samples"]["asr"]["queries"][0])
     assert (tmp_path / "e.png").stat().st_size > 1000
 
 

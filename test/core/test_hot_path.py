@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from csr_ros.core.hot_path import HotPathGate, decoder_layers, enable_for, gate_of
+from csr_ros.core.hot_path import HotPathGate, checkpoint_modules, decoder_layers, enable_for, gate_of
 
 pytestmark = pytest.mark.core
 
@@ -112,3 +112,20 @@ def test_reconciler_builds_yield_to_engine_queries():
     worker.join(30)
     assert got == ref and not worker.is_alive()
     assert rec.take_ready(eng.ledger.version) is not None  # the build completed
+
+
+def test_checkpoints_sit_before_attention_and_mlp_of_each_layer():
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn, self.mlp = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    layers = [Layer(), Layer()]
+    plain = torch.nn.Linear(4, 4)
+    assert checkpoint_modules(layers) == [layers[0].self_attn, layers[0].mlp, layers[1].self_attn, layers[1].mlp]
+    assert checkpoint_modules([plain]) == [plain]  # neither part: the whole layer
+
+
+def test_a_hot_section_longer_than_a_query_does_not_release_the_build_by_default():
+    gate = HotPathGate()
+    assert gate.max_wait_s >= 1.0  # a ~0.3 s CPU query must not be cut by the fairness timeout
