@@ -162,7 +162,7 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
 
     """The load loop: start, drive, kill/restart as planned, sample RSS; returns the measures.
     The run's clock (faults, kills, minutes) starts when the first ActionChunk arrives."""
-    rss: list[tuple[float, float]] = []  # (s since t0, MB)
+    rss: list[tuple[float, float, int]] = []  # (s since t0, MB, pid of that life)
     excluded: list[list[float]] = []  # [start, end] monotonic windows of kills and restarts
     t_launch = time.monotonic()
     graph.start()
@@ -188,12 +188,12 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
         if elapsed >= next_rss:
             mb = graph.rss_mb()
             if mb is not None:
-                rss.append((elapsed, mb))
+                rss.append((elapsed, mb, graph.proc.pid))
             next_rss += 1.0
     rc = graph.stop(signal.SIGTERM)
     driver.note(f"final SIGTERM: exit code {rc}")
     gaps = driver.gaps(excluded)
-    per_minute = [max((mb for t, mb in rss if m * 60 <= t < (m + 1) * 60), default=None)
+    per_minute = [max((mb for t, mb, _ in rss if m * 60 <= t < (m + 1) * 60), default=None)
                   for m in range(int(-(-(time.monotonic() - t_start) // 60)))]
     per_minute = [round(x, 1) for x in per_minute if x is not None]
     flat = None
@@ -208,9 +208,20 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
         **driver.counts(), **gaps,
         "kills": [how for _, how in kill_plan], "restarts": len(excluded),
         "excluded_windows_s": [round(b - a, 1) for a, b in excluded],
-        "max_rss_mb": round(max((mb for _, mb in rss), default=0.0), 1),
-        "rss_mb_per_minute": per_minute, "rss_flat": flat, "notes": driver.notes,
+        "max_rss_mb": round(max((mb for _, mb, _ in rss), default=0.0), 1),
+        "rss_mb_per_minute": per_minute, "rss_flat": flat, "rss_mb_per_life": _per_life(rss),
+        "notes": driver.notes,
     }
+
+
+def _per_life(rss: list[tuple[float, float, int]]) -> list[dict]:
+    """RSS of each process life: when it started (s), its first and last sample and its max (MB)
+    (a restarted process restores the ledger, so lives are compared each with itself)."""
+    lives: dict[int, list[tuple[float, float]]] = {}
+    for t, mb, pid in rss:
+        lives.setdefault(pid, []).append((t, mb))
+    return [{"start_s": round(s[0][0], 1), "first_mb": round(s[0][1], 1), "last_mb": round(s[-1][1], 1),
+             "max_mb": round(max(mb for _, mb in s), 1)} for s in lives.values()]
 
 
 def _faults(work: Path, graph: GraphProcess) -> dict[str, int]:

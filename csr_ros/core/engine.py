@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.compaction import CompactionError, CompactionPlan, apply_plan, plan_drop_oldest
+from csr_ros.core.heap import release_free_memory
 from csr_ros.core.hot_path import gate_of
 from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger, total_tokens
 from csr_ros.core.template import DEFAULT_SYSTEM
@@ -284,6 +285,7 @@ class CsrEngine:
             self.memory.merge(restored.memory)
         if self.compactor is not None:
             self.compactor.seed(restored.evicted_memory, ledger.memory.covers_through_seq)
+        release_free_memory()  # the decoded records of a long ledger are garbage now
 
     def drain_events(self) -> list[EngineEvent]:
         out = list(self._events)

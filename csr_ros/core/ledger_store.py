@@ -70,21 +70,26 @@ def decode_record(line: bytes) -> dict | None:
 def read_records(path: Path) -> tuple[list[dict], int, int]:
     """All good records of a ledger file, the length of the good part, and the torn bytes.
 
+    Reads line by line (never the whole file into one buffer).
+
     Raises:
         LedgerCorrupt: a bad record that is not the last one.
     """
-    data = path.read_bytes() if path.exists() else b""
-    records, pos = [], 0
-    while pos < len(data):
-        end = data.find(b"\n", pos)
-        line = data[pos:] if end < 0 else data[pos:end + 1]
-        rec = decode_record(line)
-        if rec is None:
-            if end >= 0 and end + 1 < len(data):
-                raise LedgerCorrupt(f"{path}: bad record at byte {pos} followed by more records")
-            return records, pos, len(data) - pos
-        records.append(rec)
-        pos = end + 1
+    records, pos, bad_at = [], 0, None
+    if not path.exists():
+        return records, 0, 0
+    with open(path, "rb") as f:
+        for line in f:
+            if bad_at is not None:  # a bad record with more after it
+                raise LedgerCorrupt(f"{path}: bad record at byte {bad_at} followed by more records")
+            rec = decode_record(line)
+            if rec is None:
+                bad_at = pos
+            else:
+                records.append(rec)
+            pos += len(line)
+    if bad_at is not None:
+        return records, bad_at, pos - bad_at
     return records, pos, 0
 
 

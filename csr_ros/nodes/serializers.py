@@ -41,6 +41,12 @@ def _finite(values, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------ String
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")  # control characters other than tab, LF, CR
+RAW_CHARS_PER_CHAR = 8
+"""A raw String longer than this many times ``max_chars`` is rejected unread (whitespace collapses,
+so the limit on the normalised text is checked after that, exactly)."""
+
+
 class StringSerializer:
     """std_msgs/String observations. Configured regex patterns with named groups ``entity`` and
     ``value`` (optional ``attribute``) turn matches into facts; several patterns per input."""
@@ -60,7 +66,11 @@ class StringSerializer:
 
     def __call__(self, msg: Any, stamp_ns: int) -> Observation:
         raw = msg.data
-        if not isinstance(raw, str) or any(ord(c) < 32 and c not in "\t\n\r" for c in raw):
+        if not isinstance(raw, str):
+            raise Rejected("text is not a string")
+        if len(raw) > RAW_CHARS_PER_CHAR * self.max_chars:  # before any per-character work: a
+            raise Rejected(f"text of {len(raw)} characters (limit {self.max_chars})")  # megabyte costs nothing
+        if _CONTROL.search(raw):
             raise Rejected("text has control characters")
         text = " ".join(raw.split())
         if not text:

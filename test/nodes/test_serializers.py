@@ -46,6 +46,13 @@ def test_string_rejects_empty_long_or_binary(text):
         StringSerializer("obs", [], "state", 100)(_string(text), 1)
 
 
+def test_string_limit_is_on_the_collapsed_text_and_a_huge_raw_string_is_refused_unread():
+    ser = StringSerializer("obs", [], "state", 100)
+    assert ser(_string("a" + " " * 500 + "b\tc\r\n"), 1).text == "a b c"  # whitespace collapses first
+    with pytest.raises(Rejected, match="1100000 characters"):
+        ser(_string("x \x00" * 275_000 + "y" * 275_000), 1)  # long before the control character scan
+
+
 @pytest.mark.parametrize("pattern", ["(unclosed", r"(?P<entity>\w+) only"])
 def test_bad_pattern_is_a_config_error_naming_the_parameter(pattern):
     with pytest.raises(ConfigError, match=r"inputs\.obs\.patterns\[1\]"):
