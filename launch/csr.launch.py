@@ -1,6 +1,6 @@
 """Launch the csr_ros graph: one process (executable ``csr_node``) holding the inference node
-``csr`` and the reconciler node ``csr_reconciler`` (they share the KV memory; see
-csr_ros/nodes/bringup.py for executors, threads and shutdown order).
+``csr``, the reconciler node ``csr_reconciler`` (they share the KV memory) and the action clock
+``csr_actions`` (see csr_ros/nodes/bringup.py for executors, threads and shutdown order).
 
     ros2 launch csr_ros csr.launch.py
     ros2 launch csr_ros csr.launch.py model:=/models/my-lm namespace:=robot1 use_sim_time:=true

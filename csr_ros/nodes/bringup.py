@@ -2,19 +2,22 @@
 of the csr_ros graph. Used by the ``csr_node`` executable (:func:`main`, launch files) and by
 ``csr-ros run`` (:func:`run`).
 
-One process, one private rclpy Context, two nodes that share the model and its KV memory::
+One process, one private rclpy Context, three nodes (two of them share the model and its KV memory)::
 
   thread                       runs                                       touches the model?
   ---------------------------  -----------------------------------------  ------------------
   main                         start-up, waits for SIGINT/SIGTERM,        no
                                then the ordered shutdown below
+  csr-action-executor          SingleThreadedExecutor with node           no
+                               `csr_actions`: action timer ->
+                               chunk_for_publish (never waits on the model,
+                               never queues behind inputs)
   csr-inference-executor       MultiThreadedExecutor(ros.executor_threads) no
                                with node `csr` and its callback groups:
-      actions    (MutuallyExclusive)  action timer -> chunk_for_publish   (never waits on the model)
       perception (MutuallyExclusive)  perception subscriptions -> submit_increment
       requests   (MutuallyExclusive)  csr/ask, csr/instruction -> ask / set_instruction
       status     (MutuallyExclusive)  status timer -> status()
-    The four groups may run in parallel with each other; within a group, callbacks are serial
+    The three groups may run in parallel with each other; within a group, callbacks are serial
     (so a serializer's change detection never races with itself).
   csr-model-worker             InferenceNode.run_worker: run_frame()      yes (inference side)
                                once per control period
@@ -24,9 +27,10 @@ One process, one private rclpy Context, two nodes that share the model and its K
 Shutdown order (on SIGINT/SIGTERM, or when a thread dies): (1) set the stop event: the worker
 finishes its current frame, a running build is cancelled at its next chunk; (2) join the model
 worker; (3) shut the reconciler executor down and join its thread; (4) shut the inference
-executor down (actions and inputs stop last, after the model is quiet) and join it; (5) destroy
-the nodes (reconciler first); (6) close the on-disk ledger (a final fsync); (7) shut the context
-down. Exit code 0 on a clean stop, 2 on a bad parameter, 1 on any other failure.
+executor down (inputs stop after the model is quiet) and join it; (5) shut the action executor
+down last (the action clock publishes until the end; no chunk outlives its ``valid_until``) and
+join it; (6) destroy the nodes (reconciler first); (7) close the on-disk ledger (a final
+fsync); (8) shut the context down. Exit code 0 on a clean stop, 2 on a bad parameter, 1 on any other failure.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from csr_ros.core.config import ConfigError, CsrConfig
+from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.reconciler_node import ReconcilerNode
 
@@ -165,13 +170,17 @@ class Graph:
         self.node = InferenceNode(context)  # declares + validates parameters (ConfigError)
         cfg = self.node.cfg
         self.core = build_core(cfg, self.node.now_ns)
-        groups = InferenceGroups(actions=MutuallyExclusiveCallbackGroup(),
-                                 perception=MutuallyExclusiveCallbackGroup(),
+        groups = InferenceGroups(perception=MutuallyExclusiveCallbackGroup(),
                                  requests=MutuallyExclusiveCallbackGroup(),
                                  status=MutuallyExclusiveCallbackGroup())
         self.node.start(self.core.scheduler, groups)
         self.inference_executor = MultiThreadedExecutor(num_threads=cfg.ros.executor_threads, context=context)
         self.inference_executor.add_node(self.node)
+        self.action_node = ActionNode(context, self.core.scheduler, cfg.control.control_rate_hz,
+                                      cfg.ros.publish_joint_trajectory, self.node.use_sim_time)
+        self.node.time_followers.append(self.action_node)
+        self.action_executor = SingleThreadedExecutor(context=context)
+        self.action_executor.add_node(self.action_node)
         self.reconciler_node = self.reconciler_executor = None
         if self.core.reconciler is not None:
             self.reconciler_node = ReconcilerNode(context, self.core.reconciler, cfg.ros.reconciler_period_s,
@@ -180,6 +189,7 @@ class Graph:
             self.reconciler_executor = SingleThreadedExecutor(context=context)
             self.reconciler_executor.add_node(self.reconciler_node)
         self.threads = {
+            "csr-action-executor": threading.Thread(target=self._spin, args=(self.action_executor,)),
             "csr-inference-executor": threading.Thread(target=self._spin, args=(self.inference_executor,)),
             "csr-model-worker": threading.Thread(target=self._guard, args=(self._model_worker,)),
         }
@@ -234,11 +244,14 @@ class Graph:
             self._join("csr-reconciler-executor")
         self.inference_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)                # (4)
         self._join("csr-inference-executor")
-        if self.reconciler_node is not None:                                         # (5)
+        self.action_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)                   # (5)
+        self._join("csr-action-executor")
+        if self.reconciler_node is not None:                                         # (6)
             self.reconciler_node.destroy_node()
+        self.action_node.destroy_node()
         self.node.destroy_node()
-        self.core.close()                                                           # (6)
-        self.context.try_shutdown()                                                 # (7)
+        self.core.close()                                                           # (7)
+        self.context.try_shutdown()                                                 # (8)
 
     def _join(self, name: str) -> None:
         t = self.threads.get(name)

@@ -5,15 +5,16 @@ Topics (relative, so a namespace applies):
   in : <inputs>            perception (ingest.py; sensor-data QoS unless configured otherwise)
        csr/ask             csr_ros/Utterance (a question with a request_id)
        csr/instruction     std_msgs/String (the current task instruction)
-  out: csr/action_chunk    csr_ros/ActionChunk at the control rate (reliable)
-       csr/joint_trajectory trajectory_msgs/JointTrajectory (ros.publish_joint_trajectory)
-       csr/language        csr_ros/Utterance: partials (is_final false), then one final
+  out: csr/language        csr_ros/Utterance: partials (is_final false), then one final
        csr/increments      csr_ros/StateIncrement, one per accepted perception message
        csr/status          csr_ros/CacheStatus (>= 1 Hz, transient local)
        /diagnostics        diagnostic_msgs/DiagnosticArray
 
+The action chunks (csr/action_chunk, csr/joint_trajectory) come from the action clock, its own
+node ``csr_actions`` (action_node.py) with its own executor.
+
 Threads (declared in bringup.py): executor callbacks only call the scheduler's non-blocking
-producers or ``chunk_for_publish``; the model work (``run_frame``) runs in :meth:`run_worker`.
+producers; the model work (``run_frame``) runs in :meth:`run_worker`.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from std_msgs.msg import String
-from trajectory_msgs.msg import JointTrajectory
 
-from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
+from csr_ros.msg import CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import conversions as conv
 from csr_ros.nodes import qos
 from csr_ros.nodes.ingest import Ingest
@@ -42,7 +42,6 @@ NODE_NAME = "csr"
 class InferenceGroups:
     """Callback groups of the inference node (created in bringup.py, which documents them)."""
 
-    actions: object
     perception: object
     requests: object
     status: object
@@ -58,6 +57,7 @@ class InferenceNode(Node):
         self.cfg, self.inputs = load_node_config(self)
         self.scheduler = None
         self.ingest: Ingest | None = None
+        self.time_followers: list[Node] = []  # nodes whose use_sim_time follows this one's
         self._configured = set(self.list_parameters([], 0).names) - {"use_sim_time"}
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -68,6 +68,10 @@ class InferenceNode(Node):
         if changed:
             return SetParametersResult(successful=False, reason=(
                 f"{', '.join(changed)}: applied at start only; restart the node to change it"))
+        for p in params:
+            if p.name == "use_sim_time":  # the action clock follows this node's time source
+                for node in self.time_followers:
+                    node.set_parameters([p])
         return SetParametersResult(successful=True)
 
     def now_ns(self) -> int:
@@ -87,9 +91,6 @@ class InferenceNode(Node):
     def start(self, scheduler, groups: InferenceGroups) -> None:
         """Create publishers, subscriptions and timers around ``scheduler``."""
         self.scheduler, ros = scheduler, self.cfg.ros
-        self.pub_chunk = self.create_publisher(ActionChunk, "csr/action_chunk", qos.ACTIONS)
-        self.pub_traj = (self.create_publisher(JointTrajectory, "csr/joint_trajectory", qos.ACTIONS)
-                         if ros.publish_joint_trajectory else None)
         self.pub_language = self.create_publisher(Utterance, "csr/language", qos.LANGUAGE)
         self.pub_increments = self.create_publisher(StateIncrement, "csr/increments", qos.INCREMENTS)
         self.pub_status = self.create_publisher(CacheStatus, "csr/status", qos.STATUS)
@@ -100,29 +101,12 @@ class InferenceNode(Node):
                                  callback_group=groups.requests)
         self.create_subscription(String, "csr/instruction", self._on_instruction, qos.LANGUAGE,
                                  callback_group=groups.requests)
-        # Actions follow ROS time (simulated in a replay); status must go on regardless: steady.
-        self.action_timer = self.create_timer(self.frame_period_s, self._publish_chunk,
-                                              callback_group=groups.actions)
+        # Status must go on regardless of a paused simulated clock: steady.
         self.status_timer = self.create_timer(1.0 / ros.status_rate_hz, self.publish_status,
                                               callback_group=groups.status,
                                               clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     # ------------------------------------------------------------------ callbacks (executor)
-    def _publish_chunk(self) -> None:
-        """Action timer: only ``chunk_for_publish`` (time-shifted current chunk, or the hold)."""
-        try:
-            chunk = self.scheduler.chunk_for_publish(self.now_ns())
-            if chunk is None:
-                return
-            self.pub_chunk.publish(conv.chunk_to_msg(chunk))
-            if self.pub_traj is not None:
-                traj = conv.chunk_to_trajectory(chunk)
-                if traj is not None:
-                    self.pub_traj.publish(traj)
-        except Exception as e:  # noqa: BLE001 - never raise into the executor
-            self.get_logger().error(f"action publish failed: {type(e).__name__}: {e}",
-                                    throttle_duration_sec=5.0)
-
     def _on_ask(self, msg: Utterance) -> None:
         try:
             refusal = self.scheduler.ask(*conv.utterance_request(msg))

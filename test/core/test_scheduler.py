@@ -164,6 +164,19 @@ def test_model_failure_publishes_hold_once_and_keeps_going():
     assert st.policy_failures == 3 and st.holds_published == 1
 
 
+def test_after_a_failure_the_next_frame_decides_again_instead_of_waiting_for_the_deadline():
+    sched, clock, be = make()
+    sched.submit_increment("/camera/people", clock.t, "person waving: wave")
+    run_for(sched, clock, 0.3)
+    be.fail_next = 1  # one failed decision
+    ticks = run_for(sched, clock, 1.2)
+    hold = next(i for i, (_, c) in enumerate(ticks) if c is not None and c.is_hold)
+    after = [c for _, c in ticks[hold + 1:hold + 3]]
+    # the controller is without a chunk for at most one tick (policy_period_s is 4 frames)
+    assert any(c is not None and not c.is_hold and c.action == "wave" for c in after)
+    assert sched.counters.policy_failures == 1
+
+
 def test_without_hold_on_failure_the_current_chunk_runs_out():
     sched, clock, be = make(**{"control.hold_on_failure": False})
     sched.submit_increment("/camera/people", clock.t, "person waving: wave")

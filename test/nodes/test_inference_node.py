@@ -17,7 +17,7 @@ import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import JointState
@@ -28,6 +28,7 @@ from csr_ros.core.ledger import Increment
 from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
 from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import qos
+from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 
 pytestmark = pytest.mark.nodes
@@ -123,26 +124,40 @@ OVERRIDES = [
 ]
 
 
+def _action_node(ctx, node, sched):
+    """The action clock beside the inference node, as bringup wires it (its use_sim_time follows)."""
+    actions = ActionNode(ctx, sched, RATE_HZ, True, node.use_sim_time)
+    node.time_followers.append(actions)
+    return actions
+
+
 @pytest.fixture
 def graph(ros_context):
     node = InferenceNode(ros_context, parameter_overrides=OVERRIDES)
     sched = RecordingScheduler()
-    node.start(sched, InferenceGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(4))))
+    node.start(sched, InferenceGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(3))))
+    node.actions = _action_node(ros_context, node, sched)  # for the tests below
     probe = Probe(ros_context)
     executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
     executor.add_node(node)
     executor.add_node(probe)
+    action_executor = SingleThreadedExecutor(context=ros_context)
+    action_executor.add_node(node.actions)
     stop = threading.Event()
     threads = [threading.Thread(target=executor.spin, daemon=True),
-               threading.Thread(target=node.run_worker, args=(stop,), name="worker", daemon=True)]
+               threading.Thread(target=node.run_worker, args=(stop,), name="worker", daemon=True),
+               threading.Thread(target=action_executor.spin, daemon=True)]
     for t in threads:
         t.start()
     yield node, sched, probe
     stop.set()
     threads[1].join(5)
     executor.shutdown(timeout_sec=5)
+    action_executor.shutdown(timeout_sec=5)
     threads[0].join(5)
+    threads[2].join(5)
     probe.destroy_node()
+    node.actions.destroy_node()
     node.destroy_node()
 
 
@@ -192,7 +207,8 @@ def test_action_chunks_at_the_control_rate(graph):
     benchmark figure (`csr-ros bench multitask`, the graph test's report), not asserted here: a
     shared 2-core CI machine measured 10.8 Hz of a configured 20 Hz while other jobs ran."""
     node, sched, probe = graph
-    assert node.action_timer.timer_period_ns == round(1e9 / RATE_HZ)
+    assert node.actions.action_timer.timer_period_ns == round(1e9 / RATE_HZ)
+    assert node.actions.get_name() == "csr_actions"
     assert _until(lambda: len(probe.got["chunk"]) >= 2)
     n0 = len(probe.got["chunk"])
     assert _until(lambda: len(probe.got["chunk"]) >= n0 + 5)  # still publishing
@@ -206,8 +222,6 @@ def test_status_is_transient_local(graph, ros_context):
     late = Node("late", context=ros_context)
     got = []
     late.create_subscription(CacheStatus, "csr/status", got.append, qos.STATUS)
-    from rclpy.executors import SingleThreadedExecutor
-
     ex = SingleThreadedExecutor(context=ros_context)
     ex.add_node(late)
     node.status_timer.cancel()                                               # nothing new is published
@@ -225,7 +239,10 @@ def test_configuration_is_not_changed_at_run_time(graph):
     assert not result.successful and "restart" in result.reason
     result = node.set_parameters([Parameter("inputs.obs.topic", value="/other")])[0]     # read_only
     assert not result.successful and "read-only" in result.reason
+    assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful
+    assert node.actions.get_parameter("use_sim_time").value is True  # the action clock follows
     assert node.set_parameters([Parameter("use_sim_time", value=False)])[0].successful
+    assert node.actions.get_parameter("use_sim_time").value is False
 
 
 def test_use_sim_time_stamps_follow_clock(ros_context):
@@ -235,12 +252,14 @@ def test_use_sim_time_stamps_follow_clock(ros_context):
 
     node = InferenceNode(ros_context, parameter_overrides=[*OVERRIDES, Parameter("use_sim_time", value=True)])
     sched = RecordingScheduler()
-    node.start(sched, InferenceGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(4))))
+    node.start(sched, InferenceGroups(*(MutuallyExclusiveCallbackGroup() for _ in range(3))))
+    actions = _action_node(ros_context, node, sched)
     probe = Probe(ros_context)
     clock_pub = probe.create_publisher(Clock, "/clock", QoSProfile(depth=10))
     executor = MultiThreadedExecutor(num_threads=4, context=ros_context)
     executor.add_node(node)
     executor.add_node(probe)
+    executor.add_node(actions)
     thread = threading.Thread(target=executor.spin, daemon=True)
     thread.start()
     try:
@@ -261,6 +280,7 @@ def test_use_sim_time_stamps_follow_clock(ros_context):
         executor.shutdown(timeout_sec=5)
         thread.join(5)
         probe.destroy_node()
+        actions.destroy_node()
         node.destroy_node()
 
 
@@ -268,8 +288,6 @@ def test_use_sim_time_stamps_follow_clock(ros_context):
 def _spinning_reconciler_node(ctx, wrap=None):
     """A fake-backend engine with 8 increments, its Reconciler (``wrap(reconciler)`` may patch
     it) and a ReconcilerNode spun by its own executor thread named ``reconciler-executor``."""
-    from rclpy.executors import SingleThreadedExecutor
-
     from csr_ros.core.backends.fake import FakeBackend
     from csr_ros.core.engine import CsrEngine
     from csr_ros.core.reconciler import Reconciler

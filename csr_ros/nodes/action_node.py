@@ -1,0 +1,63 @@
+"""The action clock ``csr_actions``: its own node, spun by its own single-threaded executor
+(bringup.py), so the control-rate publication never queues behind perception storms, request
+bursts or status work on the inference executor.
+
+Topics (relative, so a namespace applies):
+  out: csr/action_chunk     csr_ros/ActionChunk at the control rate (reliable)
+       csr/joint_trajectory trajectory_msgs/JointTrajectory (ros.publish_joint_trajectory)
+
+Its only callback is the timer, which calls the scheduler's non-blocking ``chunk_for_publish``
+(the time-shifted current chunk, the hold chunk once after a failure, or nothing: never a
+stale chunk). The timer follows ROS time (simulated in a replay with ``use_sim_time``, which
+the inference node forwards here).
+"""
+
+from __future__ import annotations
+
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from trajectory_msgs.msg import JointTrajectory
+
+from csr_ros.msg import ActionChunk
+from csr_ros.nodes import conversions as conv
+from csr_ros.nodes import qos
+
+NODE_NAME = "csr_actions"
+
+
+class ActionNode(Node):
+    """Timer at the control rate -> ``scheduler.chunk_for_publish`` -> publish. Never raises
+    into its executor."""
+
+    def __init__(self, context, scheduler, control_rate_hz: float, publish_joint_trajectory: bool,
+                 use_sim_time: bool = False):
+        # Local arguments win over the process's global ones (launch_ros renames every node of
+        # the process with `-r __node:=csr`): this keeps the node's own name.
+        super().__init__(NODE_NAME, context=context,
+                         cli_args=["--ros-args", "-r", f"__node:={NODE_NAME}"],
+                         parameter_overrides=[Parameter("use_sim_time", value=use_sim_time)])
+        self.scheduler = scheduler
+        self.pub_chunk = self.create_publisher(ActionChunk, "csr/action_chunk", qos.ACTIONS)
+        self.pub_traj = (self.create_publisher(JointTrajectory, "csr/joint_trajectory", qos.ACTIONS)
+                         if publish_joint_trajectory else None)
+        self.period_s = 1.0 / control_rate_hz
+        self.action_timer = self.create_timer(self.period_s, self._publish_chunk)
+
+    def now_ns(self) -> int:
+        """ROS time of this node's clock (simulated time when use_sim_time is set), ns."""
+        return self.get_clock().now().nanoseconds
+
+    def _publish_chunk(self) -> None:
+        """Action timer: only ``chunk_for_publish`` (time-shifted current chunk, or the hold)."""
+        try:
+            chunk = self.scheduler.chunk_for_publish(self.now_ns())
+            if chunk is None:
+                return
+            self.pub_chunk.publish(conv.chunk_to_msg(chunk))
+            if self.pub_traj is not None:
+                traj = conv.chunk_to_trajectory(chunk)
+                if traj is not None:
+                    self.pub_traj.publish(traj)
+        except Exception as e:  # noqa: BLE001 - never raise into the executor
+            self.get_logger().error(f"action publish failed: {type(e).__name__}: {e}",
+                                    throttle_duration_sec=5.0)
