@@ -321,6 +321,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="embedded", help="'embedded' or a local HF model folder")
     p.add_argument("--shape", default=None, help="random weights of a named shape instead (e.g. tiny)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", help="model dtype (bfloat16 on a GPU)")
     p.add_argument("--budget", type=int, default=1024, help="budget_tokens (hard limit)")
     p.add_argument("--high-water", type=float, default=0.6, help="high_water_frac")
     p.add_argument("--evict-frac", type=float, default=0.8)
@@ -363,7 +364,8 @@ def run(args) -> dict:
 
         be = load_backend(args)
     else:
-        be = (load_shape(args.shape, device=args.device) if args.shape else load_hf(args.model, device=args.device))
+        be = (load_shape(args.shape, device=args.device, dtype=args.dtype) if args.shape
+              else load_hf(args.model, device=args.device, dtype=args.dtype))
     t0 = time.perf_counter()
     results, modes = [], {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
@@ -372,7 +374,7 @@ def run(args) -> dict:
         results.append(run_mode(be, args, mode))
         modes[mode] = summarize(results[-1])
         print_summary(mode, modes[mode])
-    payload = {"model": be.name, "device": device_name(be.device), "budget_tokens": args.budget,
+    payload = {"model": be.name, "device": device_name(be.device), "dtype": args.dtype, "budget_tokens": args.budget,
                "high_water_frac": args.high_water, "evict_frac": args.evict_frac, "policy": args.policy,
                "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
                "threads": {"asr_inference": args.threads, "asr_rebuild": args.rebuild_threads,
