@@ -38,6 +38,10 @@ class BuildCancelled(RuntimeError):
     """``should_stop`` asked the build to stop (not a failure)."""
 
 
+MAX_NOTIFIED = 4096
+"""Increments a running build may fall behind before it is cancelled (bounds memory)."""
+
+
 @dataclass
 class ReconcilerCounters:
     """Counters for CacheStatus / benchmarks. Times in milliseconds."""
@@ -166,10 +170,19 @@ class Reconciler:
         return True
 
     def notify(self, inc: Increment) -> None:
-        """An increment was accepted after the snapshot (replayed onto the new state)."""
+        """An increment was accepted after the snapshot (replayed onto the new state).
+
+        A build that falls ``MAX_NOTIFIED`` increments behind is cancelled (it could only be
+        replaced at once): the list stays bounded even when a build hangs. The engine keeps every
+        increment itself; the next frame boundary asks for a fresh build.
+        """
         with self._lock:
-            if self._state == "building":
-                self._notified.append(inc)
+            if self._state != "building":
+                return
+            if len(self._notified) >= MAX_NOTIFIED:
+                self._cancel.set()
+                return
+            self._notified.append(inc)
 
     def take_ready(self, current_version: int) -> tuple[StateLedger, object] | None:
         """The built ``(ledger, kv)`` if newer than ``current_version`` (frame boundary only)."""

@@ -238,3 +238,19 @@ def test_a_build_made_stale_by_the_fallback_is_cancelled_at_the_frame_boundary(f
     reconcile_at_frame(eng, rec)  # sees the stale build and cancels it
     assert not rec.run_once()
     assert rec.counters.cancelled == 1 and rec.counters.failures == 0 and rec.state == "idle"
+
+
+def test_a_build_that_falls_too_far_behind_is_cancelled_and_its_backlog_stays_bounded(fake, monkeypatch):
+    from csr_ros.core import reconciler as reconciler_module
+
+    monkeypatch.setattr(reconciler_module, "MAX_NOTIFIED", 5)
+    eng, rec = setup(fake)
+    k = fill_to_high_water(eng, rec)
+    assert reconcile_at_frame(eng, rec) == "request" and rec.state == "building"
+    for j in range(12):  # the build never runs (a hung reconciler thread)
+        eng.submit("/objects", (k + j) * 10**9, f"cup {j} on the table")
+        rec.notify(eng.pending[-1])
+    assert len(rec._notified) == 5  # bounded
+    assert not rec.run_once() and rec.counters.cancelled == 1 and rec.state == "idle"
+    eng.flush()
+    assert eng.check_invariant() and reconcile_at_frame(eng, rec) == "request"  # asked again
