@@ -21,8 +21,8 @@ def _shipped_episode() -> Path:
     """The shipped household episode: in the source tree, else installed under share/csr_ros."""
     from csr_ros.core.actions import package_data_dirs
 
-    found = [d / "household_small" for d in package_data_dirs("episodes") if (d / "household_small").is_dir()]
-    return found[0] if found else package_data_dirs("episodes")[0] / "household_small"
+    candidates = [d / "household_small" for d in package_data_dirs("episodes")]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
 EPISODE = _shipped_episode()

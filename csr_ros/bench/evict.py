@@ -103,6 +103,11 @@ def _scheduling() -> dict:
     return {"nice": os.nice(0), "autogroup": autogroup, "cpus": os.cpu_count()}
 
 
+def _sync_threads(args) -> int:
+    """Torch threads of the sync baseline: ``--sync-threads``, else what an asr query gets."""
+    return args.sync_threads or max(args.threads, args.hot_threads, 1)
+
+
 def _thread_rusage() -> tuple[int, float]:
     """(minor page faults, system CPU ms) of the calling thread so far (Linux; zeros elsewhere)."""
     try:
@@ -186,8 +191,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
 
     from csr_ros.core.reconciler import ReconcilerThread
 
-    torch.set_num_threads(args.threads if mode == "asr" else
-                          (args.sync_threads or max(args.threads, args.hot_threads, 1)))
+    torch.set_num_threads(args.threads if mode == "asr" else _sync_threads(args))
     eng, rec = _make(be, args, mode)
     res, accepted = ModeResult(mode), []
     k = _warm_up(eng, rec, accepted, int(S / args.increment_hz))
@@ -379,7 +383,7 @@ def run(args) -> dict:
                "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
                "threads": {"asr_inference": args.threads, "asr_rebuild": args.rebuild_threads,
                            "asr_query_hot": args.hot_threads,
-                           "sync": args.sync_threads or max(args.threads, args.hot_threads, 1)},
+                           "sync": _sync_threads(args)},
                "scheduling": _scheduling(),
                "hot_path_gate": _gate_report(be),
                "modes": modes, "wall_s": round(time.perf_counter() - t0, 1),

@@ -18,6 +18,7 @@ for query-time focus (issue 8).
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
@@ -72,6 +73,11 @@ def observations(inc: Increment) -> Iterator[tuple[str, Observation]]:
         yield inc.source, Observation(" ".join(inc.text.split()), inc.stamp_ns, inc.seq)
 
 
+def _recency(e: MemoryEntry) -> tuple[tuple[int, int], str]:
+    """Order of entries by when they were last observed (ties by key)."""
+    return e.last.order, e.key
+
+
 class EntityMemory:
     """Per-key first/newest values with stamps and counts, updated as increments are accepted.
 
@@ -105,14 +111,13 @@ class EntityMemory:
         over = len(self._entries) - self.max_keys
         if over <= 0:
             return
-        stalest = sorted(self._entries.values(), key=lambda e: (e.last.order, e.key))[:over]
-        for e in stalest:
+        for e in heapq.nsmallest(over, self._entries.values(), key=_recency):  # usually one
             del self._entries[e.key]
         self.forgotten_keys += over
 
     def newest_keys(self) -> list[str]:
         """All keys, the most recently observed first (ties by key)."""
-        return [e.key for e in sorted(self._entries.values(), key=lambda e: (e.last.order, e.key), reverse=True)]
+        return [e.key for e in sorted(self._entries.values(), key=_recency, reverse=True)]
 
     def observe_all(self, incs: Iterable[Increment]) -> "EntityMemory":
         for inc in incs:

@@ -117,7 +117,7 @@ class Reconciler:
                  device: str = "", chunk_tokens: int = 512, yield_to_hot_path: bool = False,
                  hot_path_threads: int = 0):
         self.backend, self.threads, self.clock_ns = backend, threads, clock_ns
-        # CPU: the build pauses at decoder-layer boundaries while a query runs, which may then use
+        # CPU: the build pauses at half-layer checkpoints while a query runs, which may then use
         # hot_path_threads torch threads (csr_ros.core.hot_path)
         self.yields_to_hot_path = enable_for(backend, hot_threads=hot_path_threads) if yield_to_hot_path else False
         if compactor is None:

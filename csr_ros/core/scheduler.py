@@ -292,18 +292,17 @@ class FrameScheduler:
                     self._hidden = out.hidden
 
     def _policy_due(self, now_ns: int) -> bool:
-        """Due when there is no current chunk (after a failure: the next frame retries instead of
-        leaving the controller without a chunk until the next deadline), when the next frame
-        would start past the decision deadline (decide in the frame nearest to it), or when the
-        current chunk runs out before the next frame could refresh it. Deadlines sit on a fixed grid of ``policy_period_s``, so frames that do not divide
-        the period still give exactly 1 / policy_period_s decisions on average."""
-        if self._next_decision_ns is None:
-            return True
+        """Due when there is no current chunk (at start, or after a failure: the next frame retries
+        instead of leaving the controller without a chunk until the next deadline), when the next
+        frame would start past the decision deadline (decide in the frame nearest to it), or when
+        the current chunk runs out before the next frame could refresh it. Deadlines sit on a
+        fixed grid of ``policy_period_s``, so frames that do not divide the period still give
+        exactly 1 / policy_period_s decisions on average."""
         chunk = self._chunk
-        if chunk is None:  # none yet, or dropped by a failure (the hold went out): retry this frame
+        if self._next_decision_ns is None or chunk is None:
             return True
         frame_ns = max(self.frame_period_ns, self._frame_ema_ns)
-        if chunk is not None and chunk.valid_until_ns - now_ns <= frame_ns:
+        if chunk.valid_until_ns - now_ns <= frame_ns:
             return True
         return now_ns + frame_ns // 2 >= self._next_decision_ns
 

@@ -40,8 +40,7 @@ class ActionNode(Node):
         self.pub_chunk = self.create_publisher(ActionChunk, "csr/action_chunk", qos.ACTIONS)
         self.pub_traj = (self.create_publisher(JointTrajectory, "csr/joint_trajectory", qos.ACTIONS)
                          if publish_joint_trajectory else None)
-        self.period_s = 1.0 / control_rate_hz
-        self.action_timer = self.create_timer(self.period_s, self._publish_chunk)
+        self.action_timer = self.create_timer(1.0 / control_rate_hz, self._publish_chunk)
 
     def now_ns(self) -> int:
         """ROS time of this node's clock (simulated time when use_sim_time is set), ns."""

@@ -85,7 +85,7 @@ class InferenceNode(Node):
     # ------------------------------------------------------------------ wiring
     @property
     def frame_period_s(self) -> float:
-        """Control period (action timer, model frames), s."""
+        """Control period (the model worker's frames; the action clock runs at the same rate), s."""
         return 1.0 / self.cfg.control.control_rate_hz
 
     def start(self, scheduler, groups: InferenceGroups) -> None:
