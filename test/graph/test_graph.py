@@ -44,8 +44,6 @@ PARAMS = ROOT / "config" / "test_fake.yaml"
 FLAT = load_params_file(PARAMS, "csr")
 RATE_HZ = float(FLAT["control.control_rate_hz"])
 PERIOD_S = 1.0 / RATE_HZ
-VALID_S = min(float(FLAT["control.chunk_valid_s"]),
-              int(FLAT["control.horizon_steps"]) * float(FLAT["control.dt_s"]))
 WINDOW_S = 12.0  # >= 10 s of action stream under load
 
 
@@ -206,19 +204,17 @@ def test_graph_end_to_end(graph_process, probe):
     assert rc == 0, text[-4000:]
     assert "Traceback" not in text, text[-4000:]
 
-    # ActionChunk at the configured rate for >= 10 s
+    # ActionChunk at the configured rate (+-10 %) for >= 10 s
     assert window_s >= 10.0
     rate = sum(t <= t0 + window_s for t, _ in times) / window_s
-    # the publisher ran for the whole window at the order of the configured rate (the achieved
-    # rate itself is reported below and measured in benchmarks; a loaded CI machine lowers it)
-    assert 0.5 * RATE_HZ <= rate <= 1.1 * RATE_HZ, f"{rate:.2f} Hz, configured {RATE_HZ} Hz"
-    # The controller never runs out of valid action rows, although evictions happened meanwhile:
-    # no gap in the published stream reaches a chunk's validity (the consumer would hold). Not a
-    # 2-period bound: a shared CI machine can stall the whole process for a few periods (seen:
-    # 0.38 s once under load), which says nothing about the design; the rate check above and
-    # `csr-ros bench multitask` measure the period jitter.
+    assert 0.9 * RATE_HZ <= rate <= 1.1 * RATE_HZ, f"{rate:.2f} Hz, configured {RATE_HZ} Hz"
+    # Evictions happened meanwhile (checked below), yet no gap in the action stream is longer
+    # than 2 periods. Gaps are taken between the DDS source timestamps, i.e. when the graph
+    # published, so this probe's own scheduling does not count. The action clock has its own
+    # node, executor and thread (csr_ros/nodes/action_node.py, bringup), so neither a rebuild nor
+    # a model forward holds it up.
     gaps = np.diff([src for _, src in times])
-    late = [(round(times[i][0] - t0, 2), round(g, 3)) for i, g in enumerate(gaps) if g >= VALID_S - PERIOD_S]
+    late = [(round(times[i][0] - t0, 2), round(g, 3)) for i, g in enumerate(gaps) if g > 2 * PERIOD_S]
     assert not late, f"gaps > 2 periods at (s into the window, gap s) {late}; load {os.getloadavg()}\n{text[-3000:]}"
     arrival_gaps = np.diff([t for t, _ in times])
     assert all(c.valid_until.sec * 10**9 + c.valid_until.nanosec > c.header.stamp.sec * 10**9 + c.header.stamp.nanosec
