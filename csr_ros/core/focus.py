@@ -13,6 +13,13 @@ Matching, in order (pure string work; the embedding model is injected, so the co
    cosine similarity) at or above ``threshold``, best first.
 
 A match that lies inside a longer match is dropped ("cup" inside "red cup").
+
+Facets: every memory key has a first and a newest observation. A question that asks for one of
+them (a whole-word cue such as "first" / "originally", or "now" / "currently", configured in
+``memory.first_seen_cues`` and ``memory.last_seen_cues``) gets only that facet's lines; a
+question with cues of both kinds or of neither gets both. Given the two lines "first seen:
+laundry room" and "last seen: kitchen", SmolLM2-135M answered "where was it first seen?" with
+the newest value in most of its misses on the development episodes, whatever the layout.
 """
 
 from __future__ import annotations
@@ -60,17 +67,44 @@ def _drop_nested(found: dict[str, list[tuple[int, int]]]) -> list[str]:
     return keep
 
 
+FACETS = ("first", "last")
+"""The two observations of a memory key, rendered as "first seen" and "last seen" lines."""
+
+
+def _cue_rx(cues: Sequence[str]) -> re.Pattern | None:
+    words = [normalise(c) for c in cues if normalise(c)]
+    if not words:
+        return None
+    return re.compile(r"(?<![0-9a-z])(?:" + "|".join(re.escape(w) for w in words) + r")(?![0-9a-z])")
+
+
 class FocusMatcher:
-    """Finds the entities a question names (see the module doc).
+    """Finds the entities a question names and the facets it asks for (see the module doc).
 
     Args:
         similarity: fallback scorer (None: no fallback).
         threshold: minimum fallback score, same scale as ``similarity``.
         max_entities: most entities returned, best first.
+        first_cues, last_cues: whole-word cues of a question about the first / the newest
+            observation (empty: both facets always).
     """
 
-    def __init__(self, similarity: Similarity | None = None, threshold: float = 0.55, max_entities: int = 4):
+    def __init__(self, similarity: Similarity | None = None, threshold: float = 0.55, max_entities: int = 4,
+                 first_cues: Sequence[str] = (), last_cues: Sequence[str] = ()):
         self.similarity, self.threshold, self.max_entities = similarity, threshold, max_entities
+        self._cues = {"first": _cue_rx(first_cues), "last": _cue_rx(last_cues)}
+
+    @classmethod
+    def from_config(cls, memory_cfg, similarity: Similarity | None = None) -> "FocusMatcher":
+        """The matcher of the ``memory`` parameter group."""
+        return cls(similarity, memory_cfg.focus_threshold, memory_cfg.focus_max_lines,
+                   memory_cfg.first_seen_cues, memory_cfg.last_seen_cues)
+
+    def facets(self, question: str) -> tuple[str, ...]:
+        """The facets ``question`` asks for: ("first",), ("last",) or both (cues of both kinds or none)."""
+        nq = normalise(question)
+        asked = tuple(f for f in FACETS if self._cues[f] is not None and self._cues[f].search(nq))
+        return asked if len(asked) == 1 else FACETS
 
     def match(self, question: str, entities: Sequence[str]) -> list[FocusMatch]:
         """Matches, longest key first for text matches, best score first for the fallback."""
@@ -104,8 +138,10 @@ def entity_keys(memory: EntityMemory) -> dict[str, list[str]]:
     return out
 
 
-def render_lines(memory: EntityMemory, keys: Sequence[str], epoch_ns: int) -> list[str]:
-    """Two lines per key, its first and its newest observation (times since ``epoch_ns``)::
+def render_lines(memory: EntityMemory, keys: Sequence[str], epoch_ns: int,
+                 facets: Sequence[str] = FACETS) -> list[str]:
+    """Up to two lines per key, its first and its newest observation (times since ``epoch_ns``;
+    ``facets`` picks which)::
 
         red cup location first seen: kitchen (at 12.3 s)
         red cup location last seen: bedroom (at 95.1 s)
@@ -120,7 +156,10 @@ def render_lines(memory: EntityMemory, keys: Sequence[str], epoch_ns: int) -> li
             continue
         entity, _, attribute = key.rpartition(".")
         name = f"{entity} {attribute}" if entity else key
-        for label, obs in (("first seen", e.first), ("last seen", e.last)):
+        for facet, obs in (("first", e.first), ("last", e.last)):
+            if facet not in facets:
+                continue
+            label = f"{facet} seen"
             value = clean_value(obs.value, memory.max_value_chars)
             out.append(f"{name} {label}: {value} (at {(obs.stamp_ns - epoch_ns) / 1e9:.1f} s)")
     return out
@@ -132,6 +171,7 @@ class Focus:
 
     matches: tuple[FocusMatch, ...]
     lines: tuple[str, ...]
+    facets: tuple[str, ...] = FACETS
 
     @property
     def entities(self) -> tuple[str, ...]:
@@ -140,12 +180,14 @@ class Focus:
 
 def focus_for(question: str, memory: EntityMemory | None, epoch_ns: int, matcher: FocusMatcher,
               max_lines: int = 4) -> Focus:
-    """The memory lines of the entities ``question`` names (at most ``max_lines``, best first)."""
+    """The memory lines of the entities ``question`` names (at most ``max_lines``, best first),
+    of the facets it asks for."""
     if memory is None or len(memory) == 0:
         return Focus((), ())
     by_entity = entity_keys(memory)
     matches = matcher.match(question, list(by_entity))
+    facets = matcher.facets(question)
     lines: list[str] = []
     for m in matches:
-        lines += render_lines(memory, by_entity[m.entity], epoch_ns)
-    return Focus(tuple(matches), tuple(lines[:max_lines]))
+        lines += render_lines(memory, by_entity[m.entity], epoch_ns, facets)
+    return Focus(tuple(matches), tuple(lines[:max_lines]), facets)

@@ -208,7 +208,7 @@ class StateMethod:
         self.name, self.stream, self.settings = name, stream, settings
         self.use_focus, self.context = focus, context
         m = settings.cfg.memory
-        self.matcher = FocusMatcher(settings.similarity, m.focus_threshold, m.focus_max_lines)
+        self.matcher = FocusMatcher.from_config(m, settings.similarity)
 
     def answer(self, q: QAItem) -> Answer:
         t0 = time.perf_counter()

@@ -3,7 +3,9 @@
 An evaluation of several episodes can run one episode at a time, and one episode in several runs
 with disjoint methods (each run writes its own JSON; the methods are independent, each reads its
 own stream); :func:`pool` merges those files into the result a single run over all of them would
-have written (the figures are recomputed from the per-question records, not averaged), and
+have written (the figures are recomputed from the per-question records, not averaged). With
+``rerun=True`` a method found again in a later file replaces that episode's earlier records of
+it (some methods rerun after a change; the JSON lists which file each method came from). And
 :func:`markdown` renders the per-episode and pooled tables (recall by question kind, TTFT).
 
     csr-ros eval --pool out/eval_a.json out/eval_b.json --json out/eval_pooled.json --markdown out/eval.md
@@ -18,8 +20,10 @@ from typing import Sequence
 from csr_ros.eval.methods import METHODS
 
 
-def pool(paths: Sequence[str | Path]) -> dict:
-    """One result from several result files of the same model and budget (episodes in order)."""
+def pool(paths: Sequence[str | Path], rerun: bool = False) -> dict:
+    """One result from several result files of the same model and budget (episodes in order).
+    ``rerun``: a method in a later file replaces the same episode's records of it from earlier
+    files (else a method twice is refused)."""
     from csr_ros.eval.run_eval import summarize
 
     results = [json.loads(Path(p).read_text()) for p in paths]
@@ -30,9 +34,10 @@ def pool(paths: Sequence[str | Path]) -> dict:
         if len(values) > 1:
             raise ValueError(f"results differ in {key}: {sorted(values)}")
     episodes: dict[str, dict] = {}
-    for r in results:
+    for path, r in zip(paths, results):
         for label, ep in r["episodes"].items():
-            episodes[label] = _merge_runs(label, episodes[label], ep) if label in episodes else ep
+            ep = {**ep, "method_files": {m: str(path) for m in ep["methods"]}}
+            episodes[label] = _merge_runs(label, episodes[label], ep, rerun) if label in episodes else ep
     records = [q for ep in episodes.values() for q in ep["questions"]]
     qa_chance = [c for ep in episodes.values() for c in ep["qa_chance"]]
     names = [m for m in METHODS if any(m in ep["methods"] for ep in episodes.values())]
@@ -43,18 +48,20 @@ def pool(paths: Sequence[str | Path]) -> dict:
             "pooled_from": [str(p) for p in paths]}
 
 
-def _merge_runs(label: str, a: dict, b: dict) -> dict:
-    """One episode evaluated in two runs with disjoint methods -> one episode result."""
+def _merge_runs(label: str, a: dict, b: dict, rerun: bool = False) -> dict:
+    """One episode evaluated in two runs -> one episode result. The runs' methods must be
+    disjoint, unless ``rerun``: then ``b``'s records of a method replace ``a``'s."""
     from csr_ros.eval.run_eval import summarize
 
     both = set(a["methods"]) & set(b["methods"])
-    if both:
+    if both and not rerun:
         raise ValueError(f"episode {label!r}: methods {sorted(both)} are in more than one result")
     if a["qa_chance"] != b["qa_chance"] or a.get("qa") != b.get("qa"):
         raise ValueError(f"episode {label!r}: the results are of different questions")
-    records = a["questions"] + b["questions"]
+    records = [q for q in a["questions"] if q["method"] not in both] + b["questions"]
     names = [m for m in METHODS if m in a["methods"] or m in b["methods"]]
     return {**a, "methods": summarize(records, names), "questions": records,
+            "method_files": {**a.get("method_files", {}), **b.get("method_files", {})},
             "streams": {**a.get("streams", {}), **b.get("streams", {})},
             "wall_s": round(a.get("wall_s", 0.0) + b.get("wall_s", 0.0), 1)}
 

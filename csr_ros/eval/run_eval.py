@@ -222,6 +222,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", help="write the recall and TTFT tables here (Markdown)")
     p.add_argument("--pool", action="store_true", help="the BAG arguments are result JSON files of earlier "
                    "runs (e.g. one episode each): pool them instead of running (--json/--plot/--markdown apply)")
+    p.add_argument("--rerun", action="store_true", help="with --pool: a method found again in a later file "
+                   "replaces that episode's earlier records of it (methods rerun after a change)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -240,7 +242,7 @@ def run_pool(args: argparse.Namespace) -> int:
     """``--pool``: merge earlier per-episode results; print and write them."""
     from csr_ros.eval.report import pool
 
-    result = pool(args.bags)
+    result = pool(args.bags, rerun=args.rerun)
     names = list(result["methods"])
     for label, ep in result["episodes"].items():
         print_table(f"{label}: {ep['questions_n']} questions", ep, names)

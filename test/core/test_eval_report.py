@@ -60,3 +60,14 @@ def test_results_of_different_budgets_or_the_same_method_twice_are_refused(tmp_p
         pool([a, b])
     with pytest.raises(ValueError, match="more than one"):
         pool([a, a])
+
+
+def test_a_rerun_method_replaces_the_earlier_records_only_when_asked(tmp_path):
+    a = _result(tmp_path, "a.json", "ep", {"csr": [False, False], "window": [True, False]}, ["now", "first"])
+    b = _result(tmp_path, "b.json", "ep", {"csr": [True, True]}, ["now", "first"])
+    with pytest.raises(ValueError, match="more than one"):
+        pool([a, b])
+    res = pool([a, b], rerun=True)
+    assert {m: v["recall"] for m, v in res["methods"].items()} == {"csr": 1.0, "window": 0.5}
+    ep = res["episodes"]["ep"]
+    assert len(ep["questions"]) == 4 and ep["method_files"] == {"csr": b, "window": a}

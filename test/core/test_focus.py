@@ -78,6 +78,35 @@ def test_focus_lines_are_the_asked_entity_memory_lines():
     assert len(both.lines) == 3 and both.entities == ("blue mug", "red cup")
 
 
+FIRST, LAST = "red cup location first seen: kitchen (at 1.0 s)", "red cup location last seen: garage (at 9.0 s)"
+
+
+@pytest.mark.parametrize("question, facets, lines", [
+    ("Where was the red cup first seen?", ("first",), (FIRST,)),
+    ("Where was the Red Cup ORIGINALLY?", ("first",), (FIRST,)),
+    ("Where is the red cup now?", ("last",), (LAST,)),
+    ("Where was the red cup most recently?", ("last",), (LAST,)),
+    ("Where is the red cup?", ("first", "last"), (FIRST, LAST)),  # no cue: both
+    ("Was the red cup first seen where it is now?", ("first", "last"), (FIRST, LAST)),  # both kinds
+    ("Is the red cup firstly in the kitchen?", ("first", "last"), (FIRST, LAST)),  # whole words only
+    ("Where is the red cup known from?", ("first", "last"), (FIRST, LAST)),  # "now" inside "known"
+])
+def test_focus_gives_the_facet_the_question_asks_for(question, facets, lines):
+    matcher = FocusMatcher(first_cues=["first", "originally"], last_cues=["now", "most recently"])
+    f = focus_for(question, _memory(), 0, matcher)
+    assert f.facets == facets and f.lines == lines and f.entities == ("red cup",)
+
+
+def test_facet_cues_come_from_the_parameter_table():
+    from csr_ros.core.config import load_config
+
+    m = FocusMatcher.from_config(load_config().memory)
+    assert m.facets("Where was the laptop first seen?") == ("first",)
+    assert m.facets("Where is the laptop now?") == ("last",)
+    none = FocusMatcher.from_config(load_config({"memory.first_seen_cues": [], "memory.last_seen_cues": []}).memory)
+    assert none.facets("Where was the laptop first seen?") == ("first", "last")
+
+
 def test_recent_naming_newest_first_kept_in_order():
     incs = [_inc(0, 1, "I see the red cup.", [("red cup", "location", "kitchen")]),
             _inc(1, 2, "the RED_CUP fell"),  # named in text only (normalised)
