@@ -33,7 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from csr_ros.core.focus import Focus, normalise
+from csr_ros.core.focus import Focus, FocusMatcher, focus_for, normalise
 from csr_ros.core.ledger import Increment
 
 CONTEXTS = ("state", "memory")
@@ -176,16 +176,13 @@ class AnswerContexts:
     """
 
     def __init__(self, memory_cfg, similarity=None):
-        from csr_ros.core.focus import FocusMatcher
-
         self.cfg = memory_cfg
         self.matcher = FocusMatcher.from_config(memory_cfg, similarity)
 
-    def focus(self, engine, question: str) -> Focus:
-        """Focus lines for ``question`` (empty when switched off or the engine keeps no memory)."""
-        from csr_ros.core.focus import focus_for
-
-        if not self.cfg.focus_enabled or getattr(engine, "memory", None) is None:
+    def focus(self, engine, question: str, force: bool = False) -> Focus:
+        """Focus lines for ``question`` (empty when switched off, unless ``force``, or when the
+        engine keeps no memory)."""
+        if not (self.cfg.focus_enabled or force) or getattr(engine, "memory", None) is None:
             return Focus((), ())
         return focus_for(question, engine.memory, engine.ledger.epoch_ns, self.matcher, self.cfg.focus_max_lines)
 
@@ -193,9 +190,5 @@ class AnswerContexts:
         """The answer prompt; ``context`` overrides ``memory.answer_context``. The memory context
         always uses focus (it is made of the focus lines)."""
         ctx = context or self.cfg.answer_context
-        focus = self.focus(engine, question)
-        if ctx == "memory" and not focus.lines and getattr(engine, "memory", None) is not None:
-            from csr_ros.core.focus import focus_for
-
-            focus = focus_for(question, engine.memory, engine.ledger.epoch_ns, self.matcher, self.cfg.focus_max_lines)
+        focus = self.focus(engine, question, force=ctx == "memory")
         return build(engine, question, focus, ctx, lead_in, self.cfg.recent_increments)

@@ -72,7 +72,7 @@ FACETS = ("first", "last")
 
 
 def _cue_rx(cues: Sequence[str]) -> re.Pattern | None:
-    words = [normalise(c) for c in cues if normalise(c)]
+    words = [w for w in map(normalise, cues) if w]
     if not words:
         return None
     return re.compile(r"(?<![0-9a-z])(?:" + "|".join(re.escape(w) for w in words) + r")(?![0-9a-z])")

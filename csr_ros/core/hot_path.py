@@ -165,8 +165,8 @@ def checkpoint_modules(layers) -> list:
     (half a layer: a query waits at most that long), or before the whole layer when it has neither."""
     out = []
     for layer in layers:
-        parts = [getattr(layer, n, None) for n in ("self_attn", "mlp")]
-        out.extend(p for p in parts if p is not None) if any(parts) else out.append(layer)
+        parts = [p for p in (getattr(layer, "self_attn", None), getattr(layer, "mlp", None)) if p is not None]
+        out.extend(parts or [layer])
     return out
 
 

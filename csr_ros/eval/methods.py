@@ -25,6 +25,7 @@ reported apart.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -32,8 +33,8 @@ from typing import Callable, Sequence
 from csr_ros.core import answer as answers
 from csr_ros.core.compaction import Compactor
 from csr_ros.core.engine import CsrEngine
+from csr_ros.core.focus import Focus
 from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.focus import Focus, FocusMatcher, focus_for
 from csr_ros.core.ledger import Fact, Increment
 from csr_ros.core.reconciler import Reconciler, reconcile_at_frame
 from csr_ros.core.template import DEFAULT_SYSTEM
@@ -205,18 +206,16 @@ class StateMethod:
     """csr / csr_nofocus / memory / window: answers from a CSR or window stream."""
 
     def __init__(self, name: str, stream, settings: Settings, focus: bool, context: str = "state"):
-        self.name, self.stream, self.settings = name, stream, settings
-        self.use_focus, self.context = focus, context
-        m = settings.cfg.memory
-        self.matcher = FocusMatcher.from_config(m, settings.similarity)
+        self.name, self.stream, self.settings, self.context = name, stream, settings, context
+        # the live answer path, with focus as this method asks (csr_nofocus: off)
+        memory_cfg = dataclasses.replace(settings.cfg.memory, focus_enabled=focus)
+        self.contexts = answers.AnswerContexts(memory_cfg, settings.similarity)
 
     def answer(self, q: QAItem) -> Answer:
         t0 = time.perf_counter()
-        eng, mem = self.stream.engine, self.settings.cfg.memory
-        focus = Focus((), ())
-        if self.use_focus and eng.memory is not None:
-            focus = focus_for(q.question, eng.memory, eng.ledger.epoch_ns, self.matcher, mem.focus_max_lines)
-        prompt = answers.build(eng, q.question, focus, self.context, q.lead_in, mem.recent_increments)
+        eng = self.stream.engine
+        prompt = self.contexts.build(eng, q.question, q.lead_in, self.context)
+        focus = prompt.focus
         tokens = len(prompt.ids) + (eng.ledger.num_tokens + sum(i.num_tokens for i in eng.pending)
                                     if self.context == "state" else 0)
         detail = {"focus": list(focus.entities), "focus_how": [m.how for m in focus.matches]}
