@@ -59,8 +59,8 @@ left() { echo $((BUDGET_S - (SECONDS - START))); }
 #    for small appends checked and timed against plain SDPA at 4K and 120K (off unless both pass)
 stage selftest 120 "$PY" - "$DEVICE" "$GRAPHS" <<'EOF' 2>&1 | tee "$OUT/selftest.txt"
 import sys, time, traceback, torch
-from csr_ros.core import attention
-from csr_ros.core.backends.hf import load_shape
+from csr_ros.core.model import attention
+from csr_ros.core.model.backends.hf import load_shape
 device, graphs = sys.argv[1], {"on": True, "off": False}.get(sys.argv[2], "explicit")
 # (a) packed GQA for small appends: correct and faster than plain SDPA on this GPU?
 use = "on"

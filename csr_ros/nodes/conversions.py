@@ -15,8 +15,8 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 
 if TYPE_CHECKING:  # the core types; imported lazily so this module loads before them
-    from csr_ros.core.ledger import Increment
-    from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
+    from csr_ros.core.state.ledger import Increment
+    from csr_ros.core.runtime.scheduler import ChunkOut, LanguageOut, StatusOut
 
 _NS = 1_000_000_000
 _U32 = 2**32 - 1
@@ -96,23 +96,24 @@ def language_to_msg(out: "LanguageOut", stamp_ns: int) -> Utterance:
                      text=wire_text(out.text), is_final=bool(out.is_final), context=out.context)
 
 
+_WIRE_INT_MAX = {"uint32": _U32, "uint64": _U64}
+
+
 def status_to_msg(status: "StatusOut", stamp_ns: int, extra_rejected: int = 0) -> CacheStatus:
     """StatusOut -> csr_ros/CacheStatus; ``extra_rejected`` adds the ingest's rejections
-    (malformed messages that never reached the engine)."""
-    return CacheStatus(
-        header=Header(stamp=ns_to_time(stamp_ns)),
-        state_version=_u(status.state_version, _U64),
-        cached_tokens=_u(status.cached_tokens, _U32),
-        budget_tokens=_u(status.budget_tokens, _U32),
-        increments_total=_u(status.increments_total, _U64),
-        increments_rejected=_u(status.increments_rejected + extra_rejected, _U64),
-        evictions=_u(status.evictions, _U64),
-        reconciler_state=status.reconciler_state,
-        last_ttft_ms=float(status.last_ttft_ms),
-        last_rebuild_ms=float(status.last_rebuild_ms),
-        frame_overruns=_u(status.frame_overruns, _U64),
-        sync_fallbacks=_u(status.sync_fallbacks, _U64),
-    )
+    (malformed messages that never reached the engine). Every field of the message definition
+    (but the header) is read from the StatusOut attribute of the same name."""
+    msg = CacheStatus(header=Header(stamp=ns_to_time(stamp_ns)))
+    for name, kind in CacheStatus.get_fields_and_field_types().items():
+        if name == "header":
+            continue
+        value = getattr(status, name)
+        if name == "increments_rejected":
+            value += extra_rejected
+        if kind in _WIRE_INT_MAX:
+            value = _u(value, _WIRE_INT_MAX[kind])
+        setattr(msg, name, float(value) if kind == "double" else value)
+    return msg
 
 
 def diagnostic_level(status: "StatusOut") -> tuple[bytes, str]:
@@ -126,21 +127,14 @@ def diagnostic_level(status: "StatusOut") -> tuple[bytes, str]:
 
 def status_to_diagnostics(status: "StatusOut", stamp_ns: int, name: str = "csr: cached state",
                           hardware_id: str = "", extra_rejected: int = 0) -> DiagnosticArray:
-    """StatusOut -> diagnostic_msgs/DiagnosticArray with one status (all fields as key/values)."""
+    """StatusOut -> diagnostic_msgs/DiagnosticArray with one status (every gauge and counter of
+    :meth:`StatusOut.report` as key/values; times in ms with one decimal)."""
     level, message = diagnostic_level(status)
-    fields = {
-        "state_version": status.state_version, "cached_tokens": status.cached_tokens,
-        "budget_tokens": status.budget_tokens, "increments_total": status.increments_total,
-        "increments_rejected": status.increments_rejected + extra_rejected,
-        "evictions": status.evictions, "reconciler_state": status.reconciler_state,
-        "last_ttft_ms": f"{status.last_ttft_ms:.1f}", "last_rebuild_ms": f"{status.last_rebuild_ms:.1f}",
-        "frame_overruns": status.frame_overruns, "sync_fallbacks": status.sync_fallbacks,
-        "policy_failures": status.policy_failures, "holds_published": status.holds_published,
-        "requests_refused": status.requests_refused, "increments_coalesced": status.increments_coalesced,
-        "instructions_rejected": status.instructions_rejected,
-    }
+    fields = status.report()
+    fields["increments_rejected"] = status.increments_rejected + extra_rejected
+    text = {k: f"{v:.1f}" if isinstance(v, float) else str(v) for k, v in fields.items()}
     item = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id,
-                            values=[KeyValue(key=k, value=str(v)) for k, v in fields.items()])
+                            values=[KeyValue(key=k, value=v) for k, v in text.items()])
     return DiagnosticArray(header=Header(stamp=ns_to_time(stamp_ns)), status=[item])
 
 

@@ -1,5 +1,5 @@
 """The inference node ``csr``: forwards perception and requests to the FrameScheduler and publishes
-what it returns. All decisions live in :mod:`csr_ros.core.scheduler`.
+what it returns. All decisions live in :mod:`csr_ros.core.runtime.scheduler`.
 
 Topics (relative, so a namespace applies):
   in : <inputs>            perception (ingest.py; sensor-data QoS unless configured otherwise)

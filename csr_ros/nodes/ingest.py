@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from csr_ros.core.ledger import Fact
+from csr_ros.core.state.ledger import Fact
 from csr_ros.nodes.parameters import InputSpec
 from csr_ros.nodes.serializers import Rejected, build_serializer
 

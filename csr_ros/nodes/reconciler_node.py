@@ -1,7 +1,7 @@
 """The reconciler node: its own rclpy node whose executor thread does the compaction builds.
 
 The inference side requests a build at a frame boundary (non-blocking); this node's timer calls
-:meth:`csr_ros.core.reconciler.Reconciler.run_once`, which does the pending build (if any) in
+:meth:`csr_ros.core.reconcile.reconciler.Reconciler.run_once`, which does the pending build (if any) in
 this executor's thread and hands the result over through the reconciler's mailbox. It publishes
 nothing heavy (the state it builds is shared in-process; CacheStatus reports on it).
 """

@@ -20,7 +20,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from csr_ros.core.config import ConfigError
-from csr_ros.core.ledger import Fact
+from csr_ros.core.state.ledger import Fact
 
 
 class Rejected(ValueError):

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny():
     """A randomly initialised 2-layer Llama with a byte tokenizer (csr attention)."""
-    from csr_ros.core.backends.hf import load_shape
+    from csr_ros.core.model.backends.hf import load_shape
 
     return load_shape("tiny", device="cpu", seed=0)
 
@@ -16,13 +16,13 @@ def tiny():
 @pytest.fixture(scope="session")
 def tiny_ref():
     """The same weights with transformers' default attention: the reference path."""
-    from csr_ros.core.backends.hf import load_shape
+    from csr_ros.core.model.backends.hf import load_shape
 
     return load_shape("tiny", device="cpu", seed=0, attn="default")
 
 
 @pytest.fixture
 def fake():
-    from csr_ros.core.backends.fake import FakeBackend
+    from csr_ros.core.model.backends.fake import FakeBackend
 
     return FakeBackend()

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from csr_ros.core.actions import ActionRegistry, ActionRegistryError, expand_primitive, resolve_config_file
+from csr_ros.core.runtime.actions import ActionRegistry, ActionRegistryError, expand_primitive, resolve_config_file
 
 pytestmark = pytest.mark.core
 
@@ -83,7 +83,7 @@ def test_registry_level_errors():
 
 def test_head_round_trip_through_safetensors_only(tmp_path):
     torch = pytest.importorskip("torch")
-    from csr_ros.core.heads import ActionHead, load_head, save_head
+    from csr_ros.core.model.heads import ActionHead, load_head, save_head
 
     head = ActionHead(16, 8, 4, ("vx", "wz"), 0.1)
     path = save_head(head, tmp_path / "h.safetensors")
@@ -101,7 +101,7 @@ def test_head_round_trip_through_safetensors_only(tmp_path):
 
 def test_shipped_example_head_matches_the_registry_and_the_embedded_model():
     pytest.importorskip("torch")
-    from csr_ros.core.heads import load_head
+    from csr_ros.core.model.heads import load_head
 
     path = resolve_config_file("", "heads/example_head.safetensors")
     assert path.stat().st_size < 200_000
@@ -112,10 +112,11 @@ def test_shipped_example_head_matches_the_registry_and_the_embedded_model():
 
 def test_train_head_from_a_recording_writes_a_loadable_head(tmp_path):
     pytest.importorskip("torch")
-    from csr_ros.core.backends.hf import load_shape
-    from csr_ros.core.head_data import synthetic_recording
-    from csr_ros.core.heads import load_head, read_recording, train_head
-    from csr_ros.core.policy import LearnedHeadPolicy
+    from csr_ros.core.model.backends.hf import load_shape
+    from csr_ros.core.runtime.head_data import synthetic_recording
+    from csr_ros.core.model.heads import load_head
+    from csr_ros.core.runtime.head_training import read_recording, train_head
+    from csr_ros.core.runtime.policy import LearnedHeadPolicy
 
     rec = synthetic_recording(tmp_path / "rec.jsonl", episodes=4, steps=3, seed=1)
     assert [len(ep) for ep in read_recording(rec)] == [3] * 4

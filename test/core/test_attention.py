@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from csr_ros.core.attention import csr_attention
+from csr_ros.core.model.attention import csr_attention
 
 pytestmark = pytest.mark.core
 
@@ -33,7 +33,7 @@ def test_matches_reference_with_explicit_mask(q_len, kv_len, hq, hkv):
 def test_packed_gqa_equals_reference(q_len, kv_len, hq, hkv):
     """Packed GQA groups over the history + causal new part, merged by log-sum-exp (the CUDA small-
     append path; here its math twin) == SDPA with the explicit lower-right mask."""
-    from csr_ros.core.attention import packed_gqa_attention
+    from csr_ros.core.model.attention import packed_gqa_attention
 
     torch.manual_seed(q_len + kv_len)
     q = torch.randn(1, hq, q_len, 16)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from csr_ros.bench import evict
+from csr_ros.cli.bench import evict
 
 pytestmark = pytest.mark.core
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from csr_ros.bench import ttft
+from csr_ros.cli.bench import ttft
 
 pytestmark = pytest.mark.core
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csr_ros.core.compaction import (
+from csr_ros.core.state.compaction import (
     POLICIES,
     CompactionError,
     Compactor,
@@ -15,9 +15,9 @@ from csr_ros.core.compaction import (
     plan_for,
     plan_summary,
 )
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.ledger import Fact, Increment, StateLedger
-from csr_ros.core.template import PromptTemplate
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.ledger import Fact, Increment, StateLedger
+from csr_ros.core.state.template import PromptTemplate
 
 pytestmark = pytest.mark.core
 S = 1_000_000_000
@@ -164,9 +164,9 @@ def test_memory_body_inverts_the_template():
 
 
 def test_entity_memory_block_is_bounded_newest_keys_kept_memory_whole():
-    from csr_ros.core.backends.fake import FakeBackend
-    from csr_ros.core.compaction import Compactor
-    from csr_ros.core.engine import CsrEngine
+    from csr_ros.core.model.backends.fake import FakeBackend
+    from csr_ros.core.state.compaction import Compactor
+    from csr_ros.core.runtime.engine import CsrEngine
 
     be = FakeBackend()
     comp = Compactor("entity_memory", 0.5, be.template, be.encode)

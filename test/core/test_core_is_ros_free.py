@@ -51,8 +51,8 @@ def test_every_core_module_imports_without_ros():
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {"csr_ros.core.engine", "csr_ros.core.ledger", "csr_ros.core.config",
-            "csr_ros.core.backends.fake"} <= set(out["modules"])
+    assert {"csr_ros.core.runtime.engine", "csr_ros.core.state.ledger", "csr_ros.core.config",
+            "csr_ros.core.model.backends.fake"} <= set(out["modules"])
     assert out["failed"] == {}, out["failed"]
     assert out["attempts"] == [] and out["loaded"] == []
 

@@ -8,9 +8,9 @@ import random
 import pytest
 import torch
 
-from csr_ros.core import cuda_graphs
-from csr_ros.core.cuda_graphs import Captured, Segments, StepRunner, unsupported_reason
-from csr_ros.core.kv_state import KVState
+from csr_ros.core.model import cuda_graphs
+from csr_ros.core.model.cuda_graphs import Captured, Segments, StepRunner, unsupported_reason
+from csr_ros.core.model.kv_state import KVState
 
 pytestmark = pytest.mark.core
 ATOL = 1e-4  # fp32 logits
@@ -31,7 +31,7 @@ def qwen3():
     """A tiny random Qwen3 (per-head q/k norms), csr attention."""
     from transformers import AutoModelForCausalLM, Qwen3Config
 
-    from csr_ros.core import attention
+    from csr_ros.core.model import attention
 
     cfg = Qwen3Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, head_dim=16, vocab_size=512, max_position_embeddings=4096)
@@ -138,14 +138,14 @@ def test_declines_masks_other_attention_busy_and_plain_caches(tiny):
     try:
         assert not runner.accepts(1)
     finally:
-        from csr_ros.core import attention
+        from csr_ros.core.model import attention
 
         tiny.model.set_attn_implementation(attention.register())
     assert KVState(tiny.model, "cpu", None, runner=runner)._runner is None  # DynamicLayer cache
 
 
 def test_unsupported_models_and_cpu_backend(tiny, monkeypatch):
-    from csr_ros.core.backends.hf import make_runner
+    from csr_ros.core.model.backends.hf import make_runner
 
     assert make_runner(tiny.model, True) is None  # CPU: no graphs
     assert make_runner(tiny.model, "explicit").capture is False

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.ledger import LedgerError
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.ledger import LedgerError
 
 pytestmark = pytest.mark.core
 

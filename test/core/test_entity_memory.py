@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from csr_ros.core.entity_memory import EntityMemory, clean_value
-from csr_ros.core.ledger import Fact, Increment
+from csr_ros.core.state.entity_memory import EntityMemory, clean_value
+from csr_ros.core.state.ledger import Fact, Increment
 
 pytestmark = pytest.mark.core
 S = 1_000_000_000

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from csr_ros.core.config import ConfigError, load_params_file
-from csr_ros.eval.episode import (EpisodeError, dump_qa, load_qa, parse_qa_item, read_bag,
+from csr_ros.cli.eval.episode import (EpisodeError, dump_qa, load_qa, parse_qa_item, read_bag,
                                   resolve_episode, typestore, write_bag)
-from csr_ros.eval.inputs import Perception, parse_inputs, split_params
-from csr_ros.eval.make_episode import ROOMS, make_episode
+from csr_ros.cli.eval.inputs import Perception, parse_inputs, split_params
+from csr_ros.cli.make_episode import ROOMS, make_episode
 
 pytestmark = pytest.mark.core
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def test_make_episode_is_deterministic_and_its_answers_follow_from_the_bag(tmp_p
 
 
 def test_rephrased_episode_reads_through_its_params_only(tmp_path):
-    from csr_ros.eval.rephrase import TOPIC, rephrase_episode
+    from csr_ros.cli.eval.rephrase import TOPIC, rephrase_episode
 
     make_episode(tmp_path / "src", seed=3, n_messages=80, n_questions=6)
     rephrase_episode(tmp_path / "src", tmp_path / "dst")

@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from csr_ros.core.backends.fake import FakeBackend, FakeState
-from csr_ros.eval import run_eval
-from csr_ros.eval.make_episode import make_episode
-from csr_ros.eval.methods import METHODS, evidence_increments
+from csr_ros.core.model.backends.fake import FakeBackend, FakeState
+from csr_ros.cli.eval import run_eval
+from csr_ros.cli.make_episode import make_episode
+from csr_ros.cli.eval.methods import METHODS, evidence_increments
 
 pytestmark = pytest.mark.core
 BUDGET = 4096  # fake tokens are bytes: about 2.5 budgets of history in the test episode
@@ -70,7 +70,7 @@ def _args(bags, tmp_path, **kw):
 
 def _run(monkeypatch, bags, tmp_path, params=(), **kw):
     monkeypatch.setattr(run_eval, "load_backend", lambda *a: (Reader(), 1 << 30))
-    monkeypatch.setattr("csr_ros.eval.embed.LazyMiniLM", WordsEmbedder)
+    monkeypatch.setattr("csr_ros.cli.eval.embed.LazyMiniLM", WordsEmbedder)
     args = _args(bags, tmp_path, **kw)
     args.param = list(params)
     assert run_eval.run(args) == 0
@@ -145,7 +145,7 @@ def test_bad_method_and_missing_qa(tmp_path, episode):
 
 
 def test_evidence_matching_picks_the_closest_increment():
-    from csr_ros.core.ledger import Increment
+    from csr_ros.core.state.ledger import Increment
 
     incs = [Increment(i, "/o", 10**9 * i + 5, "x", (1,)) for i in range(5)]
     assert [i.seq for i in evidence_increments(incs, [2.0, 3.3], 0)] == [2, 3]

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from csr_ros.eval.report import markdown, pool
-from csr_ros.eval.run_eval import summarize
+from csr_ros.cli.eval.report import markdown, pool
+from csr_ros.cli.eval.report import summarize
 
 pytestmark = pytest.mark.core
 

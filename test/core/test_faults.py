@@ -20,13 +20,13 @@ import threading
 
 import pytest
 
-from csr_ros.core.backends.fake import FakeBackend, FakeState
+from csr_ros.core.model.backends.fake import FakeBackend, FakeState
 from csr_ros.core.config import load_config
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.ledger import Fact
-from csr_ros.core.reconciler import Reconciler, ReconcilerThread, reconcile_at_frame
-from csr_ros.core.scheduler import FrameScheduler
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.ledger import Fact
+from csr_ros.core.reconcile.reconciler import Reconciler, ReconcilerThread, reconcile_at_frame
+from csr_ros.core.runtime.scheduler import FrameScheduler
 
 pytestmark = pytest.mark.core
 MS, S = 1_000_000, 1_000_000_000

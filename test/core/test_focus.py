@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from csr_ros.core import answer as A
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.focus import FocusMatcher, entity_keys, focus_for, normalise
-from csr_ros.core.ledger import Fact, Increment
+from csr_ros.core.runtime import answer as A
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.focus import FocusMatcher, entity_keys, focus_for, normalise
+from csr_ros.core.state.ledger import Fact, Increment
 
 pytestmark = pytest.mark.core
 S = 10**9
@@ -200,8 +200,8 @@ def test_without_focus_the_state_query_is_the_template_query(fake):
 
 
 def test_focus_lines_survive_a_restart_from_the_on_disk_ledger(fake, tmp_path):
-    from csr_ros.core.compaction import Compactor
-    from csr_ros.core.ledger_store import LedgerStore
+    from csr_ros.core.state.compaction import Compactor
+    from csr_ros.core.state.ledger_store import LedgerStore
 
     def make():
         comp = Compactor("entity_memory", 0.5, fake.template, fake.encode)

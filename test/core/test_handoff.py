@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from csr_ros.core.handoff import Handoff
+from csr_ros.core.reconcile.handoff import Handoff
 
 pytestmark = pytest.mark.core
 

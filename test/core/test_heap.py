@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from csr_ros.core import heap
+from csr_ros.core.state import heap
 
 pytestmark = pytest.mark.core
 

@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from csr_ros.core.hot_path import HotPathGate, checkpoint_modules, decoder_layers, enable_for, gate_of
+from csr_ros.core.reconcile.hot_path import HotPathGate, checkpoint_modules, decoder_layers, enable_for, gate_of
 
 pytestmark = pytest.mark.core
 
@@ -92,9 +92,9 @@ def test_cuda_models_and_modelless_backends_keep_it_off():
 def test_reconciler_builds_yield_to_engine_queries():
     """End to end on the tiny model: a query issued while a rebuild runs gives the same answer
     as without a rebuild, and the build finished with at least one wait when they overlapped."""
-    from csr_ros.core.backends.hf import load_shape
-    from csr_ros.core.engine import CsrEngine
-    from csr_ros.core.reconciler import Reconciler
+    from csr_ros.core.model.backends.hf import load_shape
+    from csr_ros.core.runtime.engine import CsrEngine
+    from csr_ros.core.reconcile.reconciler import Reconciler
 
     be = load_shape("tiny", device="cpu", dtype="float32", attn="csr")
     assert not Reconciler(be, policy="drop_oldest").yields_to_hot_path  # opt-in

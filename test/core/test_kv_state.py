@@ -179,8 +179,8 @@ def test_failed_forward_leaves_the_state_unchanged(tiny, monkeypatch):
 
 def test_in_place_layers_equal_concatenating_layers(tiny):
     """Preallocated in-place writes (growing past capacity, crops, branch moves) == DynamicCache."""
-    from csr_ros.core.kv_layers import InPlaceLayer
-    from csr_ros.core.kv_state import KVState
+    from csr_ros.core.model.kv_layers import InPlaceLayer
+    from csr_ros.core.model.kv_state import KVState
 
     a = KVState(tiny.model, "cpu", capacity_tokens=16)  # forces several doublings
     b = KVState(tiny.model, "cpu", capacity_tokens=None)
@@ -205,7 +205,7 @@ def test_in_place_layers_equal_concatenating_layers(tiny):
 
 
 def test_budget_from_free_memory(tiny):
-    from csr_ros.core.backends.hf import budget_from_free_memory, kv_bytes_per_token
+    from csr_ros.core.model.backends.hf import budget_from_free_memory, kv_bytes_per_token
 
     per = kv_bytes_per_token(tiny.model.config, torch.float32)
     assert per == 2 * 2 * 2 * 16 * 4  # K+V, 2 layers, 2 kv heads, head dim 16, fp32

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from csr_ros.core.engine import CsrEngine  # noqa: E402
-from csr_ros.core.language import LanguageBatch  # noqa: E402
+from csr_ros.core.runtime.engine import CsrEngine  # noqa: E402
+from csr_ros.core.runtime.language import LanguageBatch  # noqa: E402
 
 pytestmark = pytest.mark.core
 
@@ -21,7 +21,7 @@ OBS = ["red cup on the kitchen table", "person waving near the door", "kitchen d
 
 @pytest.fixture(scope="module")
 def tiny():
-    from csr_ros.core.backends.hf import load_shape
+    from csr_ros.core.model.backends.hf import load_shape
 
     return load_shape("tiny", device="cpu")
 
@@ -191,8 +191,8 @@ def test_failure_fails_the_requests_and_leaves_the_state(tiny, monkeypatch):
 
 @pytest.mark.model
 def test_smollm2_batched_equals_alone():
-    from csr_ros.core.backends.embedded import ModelNotAvailable
-    from csr_ros.core.backends.hf import load_hf
+    from csr_ros.core.model.backends.embedded import ModelNotAvailable
+    from csr_ros.core.model.backends.hf import load_hf
 
     try:
         be = load_hf("embedded", device="cpu")
@@ -210,9 +210,9 @@ def test_smollm2_batched_equals_alone():
 def test_policy_scores_ride_in_the_language_step(tiny):
     """One forward decides AND advances every answer: the scores equal a separate scoring pass
     and the answers are unchanged."""
-    from csr_ros.core.actions import ActionRegistry, resolve_config_file
-    from csr_ros.core.language import ScoreRider
-    from csr_ros.core.policy import RegistryPolicy
+    from csr_ros.core.runtime.actions import ActionRegistry, resolve_config_file
+    from csr_ros.core.runtime.language import ScoreRider
+    from csr_ros.core.runtime.policy import RegistryPolicy
 
     n = 10
     policy = RegistryPolicy(ActionRegistry.load(resolve_config_file("", "actions.yaml"), 10, 0.1))
@@ -242,7 +242,7 @@ def test_scheduler_decides_inside_the_language_step(tiny, fuse):
     """On a real KV state: while answers are open, a decision frame runs k forwards when fused
     (the scoring rides in the first step) and k + 1 when not; both pick the same action."""
     from csr_ros.core.config import load_config
-    from csr_ros.core.scheduler import FrameScheduler
+    from csr_ros.core.runtime.scheduler import FrameScheduler
 
     t = [0]
     eng = make_engine(tiny)
@@ -286,10 +286,10 @@ def test_memory_context_answers_in_their_own_state_beside_state_answers(tiny, ba
     """``memory.answer_context: memory`` on the live path: the request is decoded from its short
     fresh prompt (exactly what answer.generate gives), a state answer in the same batch is not
     disturbed, a swap of the shared state does not touch it, and every piece names its context."""
-    from csr_ros.core import answer
-    from csr_ros.core.entity_memory import EntityMemory
-    from csr_ros.core.focus import FocusMatcher, focus_for
-    from csr_ros.core.ledger import Fact
+    from csr_ros.core.runtime import answer
+    from csr_ros.core.state.entity_memory import EntityMemory
+    from csr_ros.core.state.focus import FocusMatcher, focus_for
+    from csr_ros.core.state.ledger import Fact
 
     n = 10
     eng = CsrEngine(tiny, budget_tokens=8192, clock_ns=lambda: 0, memory=EntityMemory())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from csr_ros.core.ledger import Increment, LedgerError, MemoryBlock, StateLedger
+from csr_ros.core.state.ledger import Increment, LedgerError, MemoryBlock, StateLedger
 
 pytestmark = pytest.mark.core
 

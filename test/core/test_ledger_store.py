@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from csr_ros.core.compaction import Compactor
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger
-from csr_ros.core.ledger_store import (
+from csr_ros.core.state.compaction import Compactor
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.ledger import Fact, Increment, LedgerError, StateLedger
+from csr_ros.core.state.ledger_store import (
     FILE_NAME,
     LedgerCorrupt,
     LedgerStore,
@@ -19,7 +19,7 @@ from csr_ros.core.ledger_store import (
     read_records,
     restore,
 )
-from csr_ros.core.template import PromptTemplate
+from csr_ros.core.state.template import PromptTemplate
 
 pytestmark = pytest.mark.core
 S = 1_000_000_000

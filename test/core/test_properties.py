@@ -13,12 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from csr_ros.core.compaction import Compactor, CompactionError, apply_plan, plan_for
-from csr_ros.core.intake import CoalescingInbox, ThrottledLog, has_control_chars, request_refusal
-from csr_ros.core.ledger import Fact, Increment, LedgerError, StateLedger
-from csr_ros.core.ledger_store import (FILE_NAME, LedgerStore, decode_record, encode_record, read_records,
+from csr_ros.core.state.compaction import Compactor, CompactionError, apply_plan, plan_for
+from csr_ros.core.runtime.intake import CoalescingInbox, ThrottledLog, has_control_chars, request_refusal
+from csr_ros.core.state.ledger import Fact, Increment, LedgerError, StateLedger
+from csr_ros.core.state.ledger_store import (FILE_NAME, LedgerStore, decode_record, encode_record, read_records,
                                        restore)
-from csr_ros.core.template import PromptTemplate
+from csr_ros.core.state.template import PromptTemplate
 
 pytestmark = pytest.mark.core
 S = 1_000_000_000
@@ -258,10 +258,10 @@ def test_throttled_log_emits_at_most_once_per_period_per_key(calls, period_s):
 @FAST
 @given(st.lists(st.integers(-2 * S, 5 * S), min_size=1, max_size=40))
 def test_a_published_chunk_is_never_stale_and_always_within_limits(offsets_ns):
-    from csr_ros.core.backends.fake import FakeBackend
+    from csr_ros.core.model.backends.fake import FakeBackend
     from csr_ros.core.config import load_config
-    from csr_ros.core.engine import CsrEngine
-    from csr_ros.core.scheduler import FrameScheduler
+    from csr_ros.core.runtime.engine import CsrEngine
+    from csr_ros.core.runtime.scheduler import FrameScheduler
 
     t = [100 * S]
     clock = lambda: t[0]  # noqa: E731

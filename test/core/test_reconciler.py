@@ -6,10 +6,10 @@ import threading
 
 import pytest
 
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.ledger import Fact
-from csr_ros.core.reconciler import ModelSummarizer, Reconciler, ReconcilerThread, reconcile_at_frame
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.ledger import Fact
+from csr_ros.core.reconcile.reconciler import ModelSummarizer, Reconciler, ReconcilerThread, reconcile_at_frame
 
 pytestmark = pytest.mark.core
 S = 1_000_000_000
@@ -241,7 +241,7 @@ def test_a_build_made_stale_by_the_fallback_is_cancelled_at_the_frame_boundary(f
 
 
 def test_a_build_that_falls_too_far_behind_is_cancelled_and_its_backlog_stays_bounded(fake, monkeypatch):
-    from csr_ros.core import reconciler as reconciler_module
+    from csr_ros.core.reconcile import reconciler as reconciler_module
 
     monkeypatch.setattr(reconciler_module, "MAX_NOTIFIED", 5)
     eng, rec = setup(fake)

@@ -82,8 +82,8 @@ class _Sentinel:
 
 def test_a_pickled_checkpoint_is_refused_without_being_opened(tmp_path):
     pytest.importorskip("transformers")
-    from csr_ros.core.backends.embedded import ModelNotAvailable
-    from csr_ros.core.backends.hf import load_hf
+    from csr_ros.core.model.backends.embedded import ModelNotAvailable
+    from csr_ros.core.model.backends.hf import load_hf
 
     folder, sentinel = tmp_path / "model", tmp_path / "unpickled"
     folder.mkdir()
@@ -98,7 +98,7 @@ def test_weights_load_with_safetensors_only_and_remote_code_as_configured(tmp_pa
     pytest.importorskip("transformers")
     import transformers
 
-    from csr_ros.core.backends import hf
+    from csr_ros.core.model.backends import hf
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 
-from csr_ros.core.backends.fake import FakeBackend, FakeState
+from csr_ros.core.model.backends.fake import FakeBackend, FakeState
 from csr_ros.core.config import load_config
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.ledger import StateLedger
-from csr_ros.core.scheduler import FrameScheduler
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.ledger import StateLedger
+from csr_ros.core.runtime.scheduler import FrameScheduler
 
 pytestmark = pytest.mark.core
 
@@ -199,8 +199,8 @@ def test_overruns_are_counted_against_the_frame_period():
 
 def test_learned_head_decides_without_a_forward(tmp_path):
     torch = pytest.importorskip("torch")
-    from csr_ros.core.backends.fake import HIDDEN
-    from csr_ros.core.heads import ActionHead, save_head
+    from csr_ros.core.model.backends.fake import HIDDEN
+    from csr_ros.core.model.heads import ActionHead, save_head
 
     probe, clock, _ = make()
     reg = probe.registry
@@ -302,7 +302,7 @@ def test_decisions_keep_the_policy_rate_when_frames_do_not_divide_the_period(fra
 
 
 def test_action_descriptions_are_cached_in_the_prefix_or_asked_each_time():
-    from csr_ros.core.policy import RegistryPolicy, engine_system_prompt
+    from csr_ros.core.runtime.policy import RegistryPolicy, engine_system_prompt
 
     cfg = load_config()
     sched, clock, be = make()
@@ -318,7 +318,7 @@ def test_real_reconciler_swaps_in_a_compacted_state_while_answers_stream():
     """ASR end to end on fake time: the scheduler requests a compaction at the high-water mark,
     the reconciler builds it (here between frames, as its own thread would), a later frame swaps
     it in while an answer is open (one always is), and answers and actions carry on."""
-    from csr_ros.core.reconciler import Reconciler
+    from csr_ros.core.reconcile.reconciler import Reconciler
 
     clock = Clock()
     be = ClockedBackend(clock, 5 * MS, answer_text="the cup is on the table")
@@ -356,9 +356,9 @@ def test_header_stamps_off_the_node_clock_are_replaced_so_times_stay_on_one_epoc
     """A bag replayed without use_sim_time: JointState/PoseStamped carry the recording's header
     stamps (years before the node's clock), Strings the receive time. Every increment and fact
     must end up on the node's clock, or focus lines read "(at 95687906.5 s)"."""
-    from csr_ros.core.entity_memory import EntityMemory
-    from csr_ros.core.focus import FocusMatcher, focus_for
-    from csr_ros.core.ledger import Fact
+    from csr_ros.core.state.entity_memory import EntityMemory
+    from csr_ros.core.state.focus import FocusMatcher, focus_for
+    from csr_ros.core.state.ledger import Fact
 
     clock = Clock()
     clock.t = 1_795_000_000 * S  # the node's clock (wall time)

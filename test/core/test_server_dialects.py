@@ -10,9 +10,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from csr_ros.core.backends.remote_state import RemoteState
-from csr_ros.core.backends.server_dialects import Lane, LlamaCppDialect, SglangDialect, VllmDialect, make_dialect
-from csr_ros.core.backends.server_pool import ServerCounters, ServerPool, parse_prometheus, prefix_hit_rate
+from csr_ros.core.model.backends.remote_state import RemoteState
+from csr_ros.core.model.backends.server_dialects import Lane, LlamaCppDialect, SglangDialect, VllmDialect, make_dialect
+from csr_ros.core.model.backends.server_pool import ServerCounters, ServerPool, parse_prometheus, prefix_hit_rate
 
 pytestmark = pytest.mark.core
 EOS = 2

@@ -36,6 +36,7 @@ from trajectory_msgs.msg import JointTrajectory
 from csr_ros.core.config import load_params_file
 from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import qos
+from csr_ros.share import child_env
 
 pytestmark = [pytest.mark.graph, pytest.mark.slow]
 
@@ -135,7 +136,7 @@ def _feed(probe: Probe, k: int) -> int:
 @pytest.fixture
 def graph_process(tmp_path, ros_domain_id):
     log = open(tmp_path / "graph.log", "w+")
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env = child_env(PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "csr_ros.cli", "run", "--params-file", str(PARAMS)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -251,7 +252,7 @@ def test_graph_end_to_end(graph_process, probe):
 
 
 def test_bad_parameter_stops_the_start_naming_it():
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = child_env()
     proc = subprocess.run([sys.executable, "-m", "csr_ros.cli", "run", "--params-file", str(PARAMS),
                            "--ros-args", "-p", "inputs.joints.min_change:=-1.0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)

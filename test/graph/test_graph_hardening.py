@@ -1,6 +1,6 @@
 """The real graph process under attack, faults and kills (fake backend, isolated DDS domain).
 
-One run (~30 s) of ``python -m csr_ros.bench.soak_child`` (``csr-ros run`` with faults injected at
+One run (~30 s) of ``python -m csr_ros.cli.bench.soak_child`` (``csr-ros run`` with faults injected at
 scheduled times) on config/test_fake.yaml with an on-disk ledger and a small budget:
 
 * adversarial messages on every input (1 MB and control-character text, NaN/inf and mismatched
@@ -32,11 +32,12 @@ from rclpy.context import Context
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from csr_ros.bench.soak_load import Driver, _image, _pose, _stamp
+from csr_ros.cli.bench.soak_load import Driver, _image, _pose, _stamp
 from csr_ros.core.config import load_params_file
-from csr_ros.core.ledger_store import FILE_NAME, read_records, restore
+from csr_ros.core.state.ledger_store import FILE_NAME, read_records, restore
 from csr_ros.msg import CacheStatus, Utterance
 from csr_ros.nodes import qos
+from csr_ros.share import child_env
 
 pytestmark = [pytest.mark.graph, pytest.mark.slow]
 
@@ -69,10 +70,10 @@ class Graph:
     def start(self, faults: bool = False) -> None:
         self.lives += 1
         self.log = self.log_path = self.tmp / f"graph{self.lives}.log"
-        entry = ["-m", "csr_ros.bench.soak_child", str(self.spec)] if faults else ["-m", "csr_ros.cli", "run"]
+        entry = ["-m", "csr_ros.cli.bench.soak_child", str(self.spec)] if faults else ["-m", "csr_ros.cli", "run"]
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen([sys.executable, *entry, *self.args], cwd=ROOT, stdout=log,
-                                         stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                         stderr=subprocess.STDOUT, env=child_env())
 
     def text(self) -> str:
         return self.log.read_text()

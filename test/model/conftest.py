@@ -7,8 +7,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smol():
-    from csr_ros.core.backends.embedded import is_prepared
-    from csr_ros.core.backends.hf import load_hf
+    from csr_ros.core.model.backends.embedded import is_prepared
+    from csr_ros.core.model.backends.hf import load_hf
 
     if not is_prepared():
         pytest.fail("the embedded model is not prepared: run `bash scripts/setup.sh`")
@@ -18,6 +18,6 @@ def smol():
 @pytest.fixture(scope="session")
 def smol_ref(smol):
     """The same weights through transformers' default attention and a fresh prefill."""
-    from csr_ros.core.backends.hf import load_hf
+    from csr_ros.core.model.backends.hf import load_hf
 
     return load_hf("embedded", device="cpu", attn="default")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from csr_ros.core.engine import CsrEngine
+from csr_ros.core.runtime.engine import CsrEngine
 
 pytestmark = pytest.mark.model
 LOGIT_ATOL = 1e-3

@@ -10,11 +10,11 @@ from __future__ import annotations
 import pytest
 
 from csr_ros.core.config import load_config, load_params_file
-from csr_ros.eval.episode import load_qa, read_bag
-from csr_ros.eval.inputs import Perception, parse_inputs, split_params
-from csr_ros.eval.make_episode import make_episode
-from csr_ros.eval.run_eval import replay
-from csr_ros.eval.methods import Settings, build_methods
+from csr_ros.cli.eval.episode import load_qa, read_bag
+from csr_ros.cli.eval.inputs import Perception, parse_inputs, split_params
+from csr_ros.cli.make_episode import make_episode
+from csr_ros.cli.eval.run_eval import replay
+from csr_ros.cli.eval.methods import Settings, build_methods
 
 pytestmark = pytest.mark.model
 SCORE_ATOL = 1e-2

@@ -25,10 +25,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from csr_ros.core.compaction import Compactor
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.ledger_store import LedgerStore
+from csr_ros.core.state.compaction import Compactor
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.state.ledger_store import LedgerStore
+from csr_ros.share import child_env
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +38,12 @@ BUDGET, KILL_AFTER = 448, 30
 
 CHILD = textwrap.dedent('''
     import hashlib, json, sys, time, torch
-    from csr_ros.core.backends.hf import load_hf
-    from csr_ros.core.compaction import Compactor
-    from csr_ros.core.engine import CsrEngine
-    from csr_ros.core.entity_memory import EntityMemory
-    from csr_ros.core.ledger_store import LedgerStore
-    from csr_ros.bench.evict import observation
+    from csr_ros.core.model.backends.hf import load_hf
+    from csr_ros.core.state.compaction import Compactor
+    from csr_ros.core.runtime.engine import CsrEngine
+    from csr_ros.core.state.entity_memory import EntityMemory
+    from csr_ros.core.state.ledger_store import LedgerStore
+    from csr_ros.cli.bench.evict import observation
 
     torch.set_num_threads(1)
     out_dir, budget = sys.argv[1], int(sys.argv[2])
@@ -74,7 +75,7 @@ def make_engine(be, store=None) -> CsrEngine:
 
 def replay_reference(be, last_seq: int) -> tuple[CsrEngine, torch.Tensor]:
     """The child's stream without a store, up to ``last_seq`` (same deterministic stream)."""
-    from csr_ros.bench.evict import observation
+    from csr_ros.cli.bench.evict import observation
 
     eng = make_engine(be)
     for k in range(last_seq + 1):
@@ -85,7 +86,7 @@ def replay_reference(be, last_seq: int) -> tuple[CsrEngine, torch.Tensor]:
 
 
 def run_child_and_kill(tmp_path: Path) -> dict[int, dict]:
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    env = child_env()
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path), str(BUDGET)], cwd=REPO, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     checkpoints: dict[int, dict] = {}

@@ -7,8 +7,10 @@ from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.serialization import deserialize_message, serialize_message
 from trajectory_msgs.msg import JointTrajectory
 
-from csr_ros.core.ledger import Fact, Increment
-from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
+from csr_ros.core.state.ledger import Fact, Increment
+from csr_ros.core.runtime.engine import EngineCounters
+from csr_ros.core.runtime.outputs import SchedulerCounters
+from csr_ros.core.runtime.scheduler import ChunkOut, LanguageOut, StatusOut
 from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import conversions as conv
 
@@ -19,9 +21,10 @@ CHUNK = ChunkOut(stamp_ns=12 * S + 5, observation_stamp_ns=11 * S + 999_999_999,
                  names=("shoulder", "elbow"), dt_s=0.1, horizon=3,
                  data=(0.0, 1.0, 0.1, 1.1, 0.2, 1.2), action="pick", valid_until_ns=12 * S + 300_000_005,
                  is_hold=False)
-STATUS = StatusOut(state_version=2, cached_tokens=300, budget_tokens=384, increments_total=40,
-                   increments_rejected=1, evictions=2, reconciler_state="building", last_ttft_ms=12.5,
-                   last_rebuild_ms=80.25, frame_overruns=4, sync_fallbacks=1)
+STATUS = StatusOut(state_version=2, cached_tokens=300, budget_tokens=384, reconciler_state="building",
+                   last_ttft_ms=12.5, last_rebuild_ms=80.25,
+                   engine=EngineCounters(increments_total=40, increments_rejected=1, swaps=1, sync_evictions=1),
+                   scheduler=SchedulerCounters(frame_overruns=4))
 
 
 def _roundtrip(msg):

@@ -24,8 +24,9 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import String
 from trajectory_msgs.msg import JointTrajectory
 
-from csr_ros.core.ledger import Increment
-from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
+from csr_ros.core.state.ledger import Increment
+from csr_ros.core.runtime.engine import EngineCounters
+from csr_ros.core.runtime.scheduler import ChunkOut, LanguageOut, StatusOut
 from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import qos
 from csr_ros.nodes.action_node import ActionNode
@@ -89,7 +90,7 @@ class RecordingScheduler:
                         now_ns + 100_000_000, False)
 
     def status(self):
-        return StatusOut(1, 100, 512, len(self._accepted), 0, 0, "idle", 1.0, 0.0, 0, 0)
+        return StatusOut(1, 100, 512, "idle", 1.0, 0.0, engine=EngineCounters(increments_total=len(self._accepted)))
 
 
 class Probe(Node):
@@ -288,9 +289,9 @@ def test_use_sim_time_stamps_follow_clock(ros_context):
 def _spinning_reconciler_node(ctx, wrap=None):
     """A fake-backend engine with 8 increments, its Reconciler (``wrap(reconciler)`` may patch
     it) and a ReconcilerNode spun by its own executor thread named ``reconciler-executor``."""
-    from csr_ros.core.backends.fake import FakeBackend
-    from csr_ros.core.engine import CsrEngine
-    from csr_ros.core.reconciler import Reconciler
+    from csr_ros.core.model.backends.fake import FakeBackend
+    from csr_ros.core.runtime.engine import CsrEngine
+    from csr_ros.core.reconcile.reconciler import Reconciler
     from csr_ros.nodes.reconciler_node import ReconcilerNode
 
     backend = FakeBackend()

@@ -16,9 +16,11 @@ from rclpy.serialization import deserialize_message, serialize_message
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
-from csr_ros.core.actions import ActionRegistry, resolve_config_file
-from csr_ros.core.ledger import Fact, Increment
-from csr_ros.core.scheduler import ChunkOut, LanguageOut, StatusOut
+from csr_ros.core.runtime.actions import ActionRegistry, resolve_config_file
+from csr_ros.core.state.ledger import Fact, Increment
+from csr_ros.core.runtime.engine import EngineCounters
+from csr_ros.core.runtime.outputs import SchedulerCounters
+from csr_ros.core.runtime.scheduler import ChunkOut, LanguageOut, StatusOut
 from csr_ros.nodes import conversions as conv
 from csr_ros.nodes.ingest import InputGate
 from csr_ros.nodes.parameters import InputSpec
@@ -85,7 +87,10 @@ def test_action_chunks_and_trajectories_are_always_valid_messages(chunk):
 @FAST
 @given(st.lists(any_int, min_size=9, max_size=9), st.floats(-1e9, 1e9), st.floats(-1e9, 1e9), any_int, text)
 def test_status_counters_clamp_into_unsigned_fields(ints, ttft, rebuild, extra, state):
-    status = StatusOut(ints[0], ints[1], ints[2], ints[3], ints[4], ints[5], state, ttft, rebuild, ints[6], ints[7])
+    status = StatusOut(ints[0], ints[1], ints[2], state, ttft, rebuild,
+                       engine=EngineCounters(increments_total=ints[3], increments_rejected=ints[4], swaps=ints[5],
+                                             sync_evictions=ints[7]),
+                       scheduler=SchedulerCounters(frame_overruns=ints[6]))
     msg = _roundtrip(conv.status_to_msg(status, ints[8], extra))
     assert msg.cached_tokens == min(max(0, ints[1]), 2**32 - 1)
     assert msg.increments_rejected == min(max(0, ints[4] + extra), 2**64 - 1)

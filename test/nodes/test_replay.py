@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from csr_ros.eval.episode import typestore, write_bag
+from csr_ros.cli.eval.episode import typestore, write_bag
 
 pytestmark = pytest.mark.nodes
 T0 = 1_700_000_000 * 10**9
@@ -65,7 +65,7 @@ def _wait_matched(pub_node, topic, timeout_s=10.0):
 def test_replay_publishes_in_order_with_clock(ros_context, tmp_path):
     from rclpy.node import Node
 
-    from csr_ros.replay import Replayer
+    from csr_ros.cli.replay import Replayer
 
     texts = _bag(tmp_path / "bag")
     listener, got, clock = _listener(ros_context)
@@ -94,7 +94,7 @@ def test_replay_publishes_in_order_with_clock(ros_context, tmp_path):
 def test_replay_timing_follows_rate_and_loop_stops(ros_context, tmp_path):
     from rclpy.node import Node
 
-    from csr_ros.replay import Replayer
+    from csr_ros.cli.replay import Replayer
 
     _bag(tmp_path / "bag", n=3, dt_s=0.2)  # 0.4 s of recording
     player = Node("csr_replay", context=ros_context)

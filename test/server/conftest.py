@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from csr_ros.core.backends.llama_server import LlamaServer, ServerNotInstalled, server_binary
+from csr_ros.core.model.backends.llama_server import LlamaServer, ServerNotInstalled, server_binary
 
 
 def _require_binary() -> None:
@@ -53,6 +53,6 @@ def two_servers():
 
 @pytest.fixture(scope="session")
 def server_backend(llama_server):
-    from csr_ros.core.backends.openai import load_server
+    from csr_ros.core.model.backends.openai import load_server
 
     return load_server([llama_server.url], dialect="llamacpp")

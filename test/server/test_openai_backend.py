@@ -7,8 +7,8 @@ import urllib.request
 
 import pytest
 
-from csr_ros.core.backends.remote_state import NOT_CHOSEN
-from csr_ros.core.engine import CsrEngine
+from csr_ros.core.model.backends.remote_state import NOT_CHOSEN
+from csr_ros.core.runtime.engine import CsrEngine
 
 pytestmark = pytest.mark.server
 
@@ -65,7 +65,7 @@ def test_warm_increments_make_the_query_pay_only_for_the_question(server_backend
 
 
 def test_same_answer_and_scores_as_the_in_process_model(server_backend):
-    from csr_ros.core.backends.hf import load_hf
+    from csr_ros.core.model.backends.hf import load_hf
 
     hf = load_hf("embedded", device="cpu")
     remote, local = _engine(server_backend), _engine(hf)
@@ -81,7 +81,7 @@ def test_same_answer_and_scores_as_the_in_process_model(server_backend):
 
 
 def test_streamed_branches_language_batch_and_forced_tokens(server_backend):
-    from csr_ros.core.language import LanguageBatch
+    from csr_ros.core.runtime.language import LanguageBatch
 
     eng = _engine(server_backend)
     want = eng.query("What did the person ask for?", max_new_tokens=10)
@@ -124,7 +124,7 @@ def test_one_token_choice_when_no_log_probabilities(server_backend, monkeypatch)
 
 
 def test_chosen_by_parameter_for_the_ros_graph(llama_server):
-    from csr_ros.core.backends.openai import ServerBackend
+    from csr_ros.core.model.backends.openai import ServerBackend
     from csr_ros.core.config import load_config
     from csr_ros.nodes.bringup import build_backend
 

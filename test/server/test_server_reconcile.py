@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from csr_ros.bench.common import percentile
-from csr_ros.bench.evict import QUESTION, account, observation
-from csr_ros.core.engine import CsrEngine
-from csr_ros.core.entity_memory import EntityMemory
-from csr_ros.core.reconciler import Reconciler, ReconcilerThread, reconcile_at_frame
+from csr_ros.cli.bench.common import percentile
+from csr_ros.cli.bench.evict import QUESTION, account, observation
+from csr_ros.core.runtime.engine import CsrEngine
+from csr_ros.core.state.entity_memory import EntityMemory
+from csr_ros.core.reconcile.reconciler import Reconciler, ReconcilerThread, reconcile_at_frame
 
 pytestmark = pytest.mark.server
 
@@ -59,7 +59,7 @@ def _cycles(be, cycles: int, budget: int = 1024, max_frames: int = 600, period_s
 
 
 def test_two_servers_twenty_cycles_warm_on_standby_then_promote(two_servers):
-    from csr_ros.core.backends.openai import load_server
+    from csr_ros.core.model.backends.openai import load_server
 
     a, b = two_servers
     be = load_server([a.url, b.url], dialect="llamacpp")
@@ -78,7 +78,7 @@ def test_two_servers_twenty_cycles_warm_on_standby_then_promote(two_servers):
 
 
 def test_one_server_warms_the_compacted_prompt_in_its_other_slot(llama_server):
-    from csr_ros.core.backends.openai import load_server
+    from csr_ros.core.model.backends.openai import load_server
 
     be = load_server([llama_server.url], dialect="llamacpp")
     assert [l.slot for l in be.pool.lanes] == [0, 1]

@@ -1,0 +1,360 @@
+"""The frame scheduler: fixed-rate action chunks and streamed language from one shared cache.
+
+Threads (the ROS node wires them):
+
+* producers (ROS callbacks) call :meth:`FrameScheduler.submit_increment`, :meth:`~FrameScheduler.ask`,
+  :meth:`~FrameScheduler.set_instruction`: they only queue under a short lock, never run the model;
+* the action publisher (a timer at ``control.control_rate_hz``, any thread) calls
+  :meth:`~FrameScheduler.chunk_for_publish`: it reads a single-slot latest chunk and time-shifts it,
+  so publishing never waits on the model;
+* ONE worker thread (the node's model worker, or :class:`csr_ros.core.runtime.frame_loop.FrameLoop`)
+  calls :meth:`~FrameScheduler.run_frame` as fast as frames allow. Each frame,
+  in order: swap in a ready rebuilt state (re-opening the open answers on it), append the pending
+  increments (one forward), refresh the action chunk if the policy is due, advance every open
+  language request by ``k`` tokens (one batched forward per token for all of them), and return
+  the language pieces to publish. A frame longer than ``1 / control_rate_hz`` is counted.
+  While answers are open, the policy's closed-set scoring rides in the frame's first language
+  step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
+
+Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
+published after it (the publisher gets the time-shifted rest of the current chunk until then).
+On a model failure the registry's hold chunk is published once and the failure is counted,
+logged and reported in :meth:`~FrameScheduler.drain_events`; the loop keeps going.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
+from csr_ros.core.reconcile.hot_path import gate_of
+from csr_ros.core.runtime.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
+                                 request_refusal)
+from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
+from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
+from csr_ros.core.state.ledger import Increment
+from csr_ros.core.runtime.policy import make_policy
+from csr_ros.core.state.stamps import on_clock
+
+__all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
+log = logging.getLogger("csr_ros.scheduler")
+
+
+class FrameScheduler:
+    """Per-frame decisions over one engine (see the module doc); the clock is injected.
+
+    Args:
+        engine: the shared :class:`csr_ros.core.runtime.engine.CsrEngine` (owned by the worker thread).
+        policy: a :mod:`csr_ros.core.runtime.policy` policy, or None for the one ``cfg.control`` names.
+        cfg: the :class:`csr_ros.core.config.CsrConfig` (groups ``control`` and ``language``).
+        clock_ns: the clock every stamp uses (ROS time in the node).
+        reconciler: a :class:`csr_ros.core.reconcile.reconciler.Reconciler`, or None (no ASR).
+        registry: the action registry (default: ``cfg.control.actions_file``).
+        language_engine: decode language on this engine instead (the isolated baseline: a second
+            copy of the state that the scheduler also appends every increment to).
+        batched_language: False advances each request in its own forward (isolated baseline).
+        prompt_ids: question -> query token ids (default: the engine's query template).
+    """
+
+    def __init__(self, engine, policy, cfg, clock_ns: Callable[[], int], reconciler=None, *,
+                 registry: ActionRegistry | None = None, language_engine=None, batched_language: bool = True,
+                 prompt_ids: Callable[[str], list[int]] | None = None):
+        c, lang = cfg.control, cfg.language
+        self.engine, self.cfg, self.clock_ns, self.reconciler = engine, cfg, clock_ns, reconciler
+        self.registry = registry or registry_from_config(cfg)
+        self.policy = policy if policy is not None else make_policy(cfg, self.registry, engine.backend)
+        self.frame_period_ns = round(1e9 / c.control_rate_hz)
+        self.policy_period_ns = round(c.policy_period_s * 1e9)
+        self.dt_ns = round(self.registry.dt_s * 1e9)
+        self.validity_ns = round(min(c.chunk_valid_s, self.registry.horizon_steps * self.registry.dt_s) * 1e9)
+        self.max_skew_ns = round(c.max_stamp_skew_s * 1e9)
+        self.k, self.max_open, self.max_question_chars = lang.tokens_per_frame, lang.max_open_requests, lang.max_question_chars
+        self.max_id_chars = lang.max_request_id_chars
+        self.lang_engine = language_engine if language_engine is not None else engine
+        self.language = LanguageBatch(self.lang_engine, lang.max_new_tokens, lang.lead_in, batched_language,
+                                      prompt_ids, clock_ns)
+        self.counters = SchedulerCounters()
+        self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
+        self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
+        self._tlog = ThrottledLog(log, cfg.ros.reject_log_throttle_s)  # a fault or a flood: no log storm
+        self._asks: list[tuple[str, str, int]] = []
+        self._active: set[str] = set()
+        self._accepted: list[Increment] = []
+        self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
+        self._instruction = c.default_instruction
+        self._chunk: ChunkOut | None = None
+        self._hold: ChunkOut | None = None
+        # worker-only state
+        self._hidden = None
+        self._obs_stamp_ns = 0
+        self._next_decision_ns: int | None = None  # on the ideal grid of policy periods
+        self._frame_ema_ns = self.frame_period_ns  # typical frame duration (work), for the lead
+        self._in_failure = False
+
+    # ------------------------------------------------------------------ producers (any thread)
+    def submit_increment(self, source: str, stamp_ns: int, text: str, facts: Sequence = ()) -> None:
+        """Queue an observation; it is rendered, tokenized and appended by the next frame. Its
+        stamp is put on this scheduler's clock first (:func:`csr_ros.core.state.stamps.on_clock`). At most
+        ``control.queue_depth_per_input`` wait per source: beyond it the oldest waiting one of
+        that source is dropped (coalesced, counted in ``status().increments_coalesced``)."""
+        stamp_ns, facts, moved = on_clock(int(stamp_ns), tuple(facts), self.clock_ns(), self.max_skew_ns)
+        with self._lock:
+            self._inbox.put(str(source), stamp_ns, str(text), facts)  # bounded per source (coalescing)
+            if moved:
+                self.counters.restamped += 1
+                first = self.counters.restamped == 1
+        if moved and first:
+            log.warning("observation stamps of %s are more than %.1f s from the node's clock (a bag replayed "
+                        "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
+
+    def ask(self, request_id: str, question: str) -> LanguageOut | None:
+        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
+        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
+        rid, q = str(request_id).strip(), " ".join(str(question).split())
+        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
+        if why:
+            rid = printable_id(rid, self.max_id_chars)
+        with self._lock:
+            if not why and rid in self._active:
+                why = f"request {rid!r} is already open"
+            elif not why and len(self._active) >= self.max_open:
+                why = f"{len(self._active)} requests already open (language.max_open_requests)"
+            if not why:
+                self._active.add(rid)
+                self._asks.append((rid, q, self.clock_ns()))
+                return None
+            self.counters.refused_requests += 1
+        return LanguageOut(rid, f"refused: {why}", True, "")
+
+    def set_instruction(self, text: str) -> bool:
+        """The task the policy chooses actions for (empty: back to the configured default).
+        An instruction longer than ``language.max_question_chars`` or with control characters is
+        ignored (the previous one stays), counted and logged; returns False then."""
+        text = " ".join(str(text).split())
+        if len(text) > self.max_question_chars or has_control_chars(text):
+            with self._lock:
+                self.counters.instructions_rejected += 1
+            self._tlog(logging.WARNING, "instruction", "instruction of %d characters ignored (too long or "
+                       "control characters)", len(text))
+            return False
+        with self._lock:
+            self._instruction = text or self.cfg.control.default_instruction
+        return True
+
+    # ------------------------------------------------------------------ the worker thread
+    def run_frame(self) -> list[LanguageOut]:
+        """One frame (see the module doc). Never raises for a model failure."""
+        t0 = self.clock_ns()
+        self._reconcile()
+        self._append_pending()
+        due = self._policy_due(t0)
+        with gate_of(self.engine.backend).hot():  # a CPU rebuild pauses for the policy and language
+            rider = self._rider() if due else None
+            if due and rider is None:
+                self._refresh_chunk(t0)
+            outs = self._advance_language(rider)
+            if rider is not None:  # the scores rode in the first language step (else: own forward)
+                self._refresh_chunk(t0, rider.scores)
+        dur = self.clock_ns() - t0
+        self._frame_ema_ns += (dur - self._frame_ema_ns) // 8
+        self.counters.frames += 1
+        self.counters.last_frame_ms = dur / 1e6
+        if dur > self.frame_period_ns:
+            self.counters.frame_overruns += 1
+        return outs
+
+    def _reconcile(self) -> None:
+        """Swap in a ready rebuilt state (the open answers are re-opened on it), or request one."""
+        r = self.reconciler
+        if r is None:
+            return
+        try:
+            if r.state == "building" and getattr(r, "target_version", 1 << 62) <= self.engine.ledger.version:
+                r.cancel()  # the engine moved on (synchronous eviction): that build is stale
+            got = r.take_ready(self.engine.ledger.version)
+            if got is not None:
+                if self.lang_engine is self.engine:
+                    self.language.suspend()  # install refuses open branches; advance re-opens them
+                try:
+                    pending = self.engine.install(*got)
+                    self._event("swap", version=self.engine.ledger.version, pending=pending)
+                except ValueError as e:
+                    self._event("swap_refused", error=str(e))
+                    log.error("handed-over state refused: %s", e)
+            elif self.engine.needs_compaction and getattr(r, "accepting", True):
+                r.request(self.engine.snapshot())
+        except Exception as e:  # noqa: BLE001 - the old state keeps serving
+            self._tlog(logging.ERROR, "reconcile", "reconcile step failed: %s: %s", type(e).__name__, e)
+
+    def _engines(self) -> list:
+        return [self.engine] if self.lang_engine is self.engine else [self.engine, self.lang_engine]
+
+    def _append_pending(self) -> None:
+        with self._lock:
+            items = self._inbox.take_all()
+        for source, stamp_ns, text, facts in items:
+            for eng in self._engines():
+                try:
+                    inc = eng.submit(source, stamp_ns, text, facts)
+                except Exception as e:  # noqa: BLE001 - LedgerError (order, size) or a tokenizer error
+                    self._tlog(logging.WARNING, f"reject {source}", "increment from %s rejected: %s: %s",
+                               source, type(e).__name__, e)
+                    break
+                if eng is self.engine:
+                    with self._lock:
+                        self._accepted.append(inc)
+                    if self.reconciler is not None:
+                        self.reconciler.notify(inc)
+        want = bool(getattr(self.policy, "wants_hidden", False))
+        for eng in self._engines():
+            newest = eng.pending[-1].stamp_ns if eng.pending else None
+            try:
+                out = eng.flush(want_hidden=want and eng is self.engine)
+            except Exception as e:  # noqa: BLE001 - the engine re-synced its KV; hold and go on
+                self.counters.append_failures += 1
+                self._failed("append_failure", e)
+                continue
+            if eng is self.engine and out is not None:
+                self._obs_stamp_ns = max(self._obs_stamp_ns, newest or 0)
+                if want:
+                    self._hidden = out.hidden
+
+    def _policy_due(self, now_ns: int) -> bool:
+        """Due when there is no current chunk (at start, or after a failure: the next frame retries
+        instead of leaving the controller without a chunk until the next deadline), when the next
+        frame would start past the decision deadline (decide in the frame nearest to it), or when
+        the current chunk runs out before the next frame could refresh it. Deadlines sit on a
+        fixed grid of ``policy_period_s``, so frames that do not divide the period still give
+        exactly 1 / policy_period_s decisions on average."""
+        chunk = self._chunk
+        if self._next_decision_ns is None or chunk is None:
+            return True
+        frame_ns = max(self.frame_period_ns, self._frame_ema_ns)
+        if chunk.valid_until_ns - now_ns <= frame_ns:
+            return True
+        return now_ns + frame_ns // 2 >= self._next_decision_ns
+
+    def _rider(self) -> ScoreRider | None:
+        """The policy's scoring as a rider of the language step, when it can share that forward."""
+        if not (self.cfg.control.fuse_policy_with_language and self.lang_engine is self.engine
+                and self.language.batched and hasattr(self.policy, "score_request")
+                and hasattr(self.engine.kv, "multi_step")):
+            return None
+        with self._lock:
+            if not (self._active and (self.language.num_open or self._asks)):
+                return None
+            instruction = self._instruction
+        try:
+            return ScoreRider(*self.policy.score_request(self.engine, instruction))
+        except Exception:  # noqa: BLE001 - the plain path decides (and reports) instead
+            return None
+
+    def _refresh_chunk(self, now_ns: int, scores: Sequence[float] | None = None) -> None:
+        nxt = self._next_decision_ns
+        self._next_decision_ns = now_ns + self.policy_period_ns if nxt is None else max(nxt + self.policy_period_ns, now_ns)
+        with self._lock:
+            instruction = self._instruction
+        try:
+            if scores is not None:
+                d = self.policy.decide_from_scores(scores)
+            else:
+                d = self.policy.decide(self.engine, instruction, self._hidden)
+            if d is None:
+                return
+            values = self.registry.clamp(d.values)
+        except Exception as e:  # noqa: BLE001 - fail safe: hold once, report, keep going
+            self.counters.policy_failures += 1
+            self._failed("policy_failure", e)
+            return
+        stamp = self.clock_ns()
+        chunk = ChunkOut(stamp, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                         self.registry.dt_s, self.registry.horizon_steps, values, d.action,
+                         stamp + self.validity_ns, False)
+        with self._lock:
+            self._chunk, self._hold = chunk, None
+        self._in_failure = False
+        self.counters.decisions += 1
+
+    def _failed(self, kind: str, e: Exception) -> None:
+        """Report a model failure; publish the hold chunk once per failure episode."""
+        self.counters.last_error = f"{type(e).__name__}: {e}"
+        self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
+        self._event(kind, error=self.counters.last_error)
+        if self._in_failure or not self.cfg.control.hold_on_failure:
+            return
+        self._in_failure = True
+        now = self.clock_ns()
+        hold = ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
+                        self.registry.hold_name, now + self.validity_ns, True)
+        with self._lock:
+            self._chunk, self._hold = None, hold
+
+    def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
+        with self._lock:
+            asks, self._asks = self._asks, []
+        for rid, q, asked_ns in asks:
+            self.language.join(rid, q, asked_ns)
+        outs = self.language.advance(self.k, rider)
+        done = [o.request_id for o in outs if o.is_final]
+        if done:
+            with self._lock:
+                self._active.difference_update(done)
+        return outs
+
+    def _event(self, kind: str, **detail) -> None:
+        with self._lock:
+            self._events.append(SchedulerEvent(kind, detail))
+
+    # ------------------------------------------------------------------ any thread
+    def chunk_for_publish(self, now_ns: int) -> ChunkOut | None:
+        """What the action publisher publishes at ``now_ns`` (never blocks on the model).
+
+        The hold chunk once after a failure; else the current chunk from the step due at
+        ``now_ns`` on (time-shifted: ``stamp_ns`` moved by whole steps, earlier rows dropped);
+        None when there is none or it is past ``valid_until`` (never a stale chunk).
+        """
+        with self._lock:
+            if self._hold is not None:
+                hold, self._hold = self._hold, None
+                self.counters.holds_published += 1
+                return hold
+            c = self._chunk
+        if c is None or now_ns >= c.valid_until_ns:
+            return None
+        i = max(0, (now_ns - c.stamp_ns) // self.dt_ns)
+        if i == 0:
+            return c
+        if i >= c.horizon:
+            return None
+        d = len(c.names)
+        return dataclasses.replace(c, stamp_ns=c.stamp_ns + i * self.dt_ns, horizon=c.horizon - i, data=c.data[i * d:])
+
+    def status(self) -> StatusOut:
+        e, ec, sc, r = self.engine, self.engine.counters, self.counters, self.reconciler
+        rebuild_ms = getattr(getattr(r, "counters", None), "last_rebuild_ms", 0.0) or ec.last_rebuild_ms
+        with self._lock:
+            n_open = len(self._active)
+            inbox = dataclasses.replace(self._inbox.counters)
+        return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, r.state if r is not None else "idle",
+                         self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, n_open,
+                         self.language.tokens_generated, engine=dataclasses.replace(ec),
+                         scheduler=dataclasses.replace(sc), inbox=inbox)
+
+    def accepted_increments(self) -> list[Increment]:
+        """Increments accepted since the last call (the node republishes them)."""
+        with self._lock:
+            out, self._accepted = self._accepted, []
+        return out
+
+    def drain_events(self) -> list[SchedulerEvent]:
+        with self._lock:
+            out = list(self._events)
+            self._events.clear()
+        return out
+
