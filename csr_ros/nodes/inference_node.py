@@ -95,7 +95,7 @@ class InferenceNode(LifecycleNode):
         self._core_lock = threading.Lock()  # held by the worker for a frame; cleanup takes it
         self._entities: list = []  # publishers, subscriptions, timers made by start()
         self.ask_server = AskServer(self, self.groups.answers)
-        self.services = ManagementServices(self, self.groups.management)
+        self.management = ManagementServices(self, self.groups.management)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
     # ------------------------------------------------------------------ parameters
