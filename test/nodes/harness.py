@@ -4,6 +4,7 @@ executor thread; the test thread plays the lifecycle manager / client."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -43,7 +44,7 @@ class Probe(Node):
                                          ("inc", StateIncrement, "csr/increments", qos.INCREMENTS),
                                          ("language", Utterance, "csr/language", qos.LANGUAGE)]:
             self.create_subscription(typ, topic, lambda m, k=key: self._rec(k, m), profile)
-        self.obs = self.create_publisher(String, "/observations", qos.PERCEPTION_RELIABLE)
+        self.obs = self.create_publisher(String, "observations", qos.PERCEPTION_RELIABLE)
         self.ask = self.create_publisher(Utterance, "csr/ask", qos.LANGUAGE)
         self._string = String
 
@@ -66,11 +67,19 @@ class Probe(Node):
 class InProcessGraph:
     """``Graph`` + ``Probe`` (started); :meth:`close` shuts both down in order."""
 
-    def __init__(self, domain_id: int, *params: str, autostart: bool = False):
+    count = 0
+
+    def __init__(self, domain_id: int, *params: str, autostart: bool = False, namespace: str = ""):
         from csr_ros.nodes.bringup import Graph
 
+        # A namespace of its own (every node of the context, the probe too, and the relative
+        # observations topic): other graphs on this machine and domain (other test runs) stay out.
+        InProcessGraph.count += 1
+        namespace = namespace or f"/t{os.getpid()}_{InProcessGraph.count}"
         args = ["csr_test", "--ros-args", "--log-level", "warn", "--params-file", str(PARAMS),
-                "-p", f"ros.autostart:={str(autostart).lower()}"]
+                "-p", f"ros.autostart:={str(autostart).lower()}", "-p", "inputs.observations.topic:=observations",
+                "-r", f"__ns:={namespace}"]
+        self.namespace = namespace
         for p in params:
             args += ["-p", p]
         self.context, self.stop = Context(), threading.Event()
@@ -94,7 +103,7 @@ class InProcessGraph:
         ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
                "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP,
                "shutdown": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN}
-        return self.call("/csr/change_state", ChangeState,
+        return self.call("csr/change_state", ChangeState,
                          ChangeState.Request(transition=Transition(id=ids[transition]))).success
 
     def call(self, name: str, srv_type, request, timeout_s: float = 60.0):

@@ -111,34 +111,34 @@ def test_services(agraph):
     from csr_ros.srv import CompactState, GetEntityMemory, GetStateText, ResetState
 
     g = agraph
-    mem = g.call("/csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity=""))
+    mem = g.call("csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity=""))
     assert mem.success and {e.key for e in mem.entries} >= {"red cup.location", "blue mug.location"}
-    one = g.call("/csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity="red cup"))
+    one = g.call("csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity="red cup"))
     assert one.success and [(e.key, e.last_value, e.first_value, e.count) for e in one.entries] == [
         ("red cup.location", "kitchen", "kitchen", 1)]
-    unknown = g.call("/csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity="unicorn"))
+    unknown = g.call("csr/get_entity_memory", GetEntityMemory, GetEntityMemory.Request(entity="unicorn"))
     assert not unknown.success and "unicorn" in unknown.message
 
-    text = g.call("/csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
+    text = g.call("csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
     assert text.success and "red cup is in the kitchen" in text.text and not text.truncated
-    short = g.call("/csr/get_state_text", GetStateText, GetStateText.Request(max_chars=20))
+    short = g.call("csr/get_state_text", GetStateText, GetStateText.Request(max_chars=20))
     assert short.truncated and len(short.text) == 20 and text.text.endswith(short.text)
 
-    compact = g.call("/csr/compact", CompactState, CompactState.Request())
+    compact = g.call("csr/compact", CompactState, CompactState.Request())
     assert compact.success and compact.version_after == compact.version_before + 1
     assert compact.tokens_before > 0 and compact.tokens_after > 0 and "compacted" in compact.message
-    compacted = g.call("/csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
+    compacted = g.call("csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
     assert "red cup is in the kitchen" not in compacted.text and "red cup.location: kitchen" in compacted.text
 
     before = sorted(p.name for p in g.ledger_dir.iterdir())
-    reset = g.call("/csr/reset_state", ResetState, ResetState.Request())
+    reset = g.call("csr/reset_state", ResetState, ResetState.Request())
     assert reset.success and reset.archived_ledger and reset.state_version == compact.version_after + 1
     archived = sorted(p.name for p in g.ledger_dir.iterdir())
     assert before == ["ledger.csrl"] and len(archived) == 2 and "ledger.csrl" in archived
     from csr_ros.core.state.ledger_store import read_records
     records, _, _ = read_records(g.ledger_dir / [n for n in archived if n != "ledger.csrl"][0])
     assert any(r.get("text") == "red cup is in the kitchen" for r in records)  # the old ledger, kept
-    after = g.call("/csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
+    after = g.call("csr/get_state_text", GetStateText, GetStateText.Request(max_chars=0))
     assert "red cup" not in after.text and after.state_version == reset.state_version
     g.probe.observe("green box is in the hall")                   # the new state takes increments
     assert until(lambda: g.node.scheduler.engine.ledger.num_tokens > after.state_tokens)

@@ -31,7 +31,9 @@ def test_readme_interface_reference_is_the_generated_one():
 
 @pytest.fixture(scope="module")
 def up(ros_domain_id):
-    g = InProcessGraph(ros_domain_id, "ros.publish_joint_trajectory:=true", autostart=True)
+    # a namespace of its own: nodes of other graphs on this machine (other tests) stay out of the way
+    g = InProcessGraph(ros_domain_id, "ros.publish_joint_trajectory:=true", autostart=True,
+                       namespace=f"/introspect{os.getpid()}")
     yield g
     g.close()
 
@@ -41,23 +43,26 @@ def test_a_ros_only_client_finds_the_interface(up):
 
     from csr_ros.nodes import interface
 
-    probe = up.probe
-    want_services = {f"/{s[0]}": s[1] for s in interface.SERVICES + interface.LIFECYCLE_SERVICES}
-    assert until(lambda: {"csr", "csr_actions", "csr_reconciler"} <= set(probe.get_node_names())
-                 and want_services.keys() <= {n for n, _ in probe.get_service_names_and_types_by_node("csr", "/")})
-    services = dict(probe.get_service_names_and_types_by_node("csr", "/"))
+    probe, ns = up.probe, up.namespace
+    want_services = {f"{ns}/{s[0]}": s[1] for s in interface.SERVICES + interface.LIFECYCLE_SERVICES}
+
+    def csr_services():
+        return dict(probe.get_service_names_and_types_by_node("csr", ns))
+    assert until(lambda: {("csr", ns), ("csr_actions", ns), ("csr_reconciler", ns)}
+                 <= set(probe.get_node_names_and_namespaces()) and want_services.keys() <= csr_services().keys())
+    services = csr_services()
     for name, typ in want_services.items():
         assert services[name] == [typ], name
     actions = dict(get_action_names_and_types(probe))
-    assert actions["/csr/ask"] == ["csr_ros/action/Ask"]
+    assert actions[f"{ns}/csr/ask"] == ["csr_ros/action/Ask"]
     topics = {n: t for n, t in probe.get_topic_names_and_types()}
     for _, name, typ, _ in interface.TOPICS:
         if not name.startswith("each"):
-            full = name if name.startswith("/") else f"/{name}"
+            full = name if name.startswith("/") else f"{ns}/{name}"
             assert topics[full] == [typ], name
     block = _readme_block()
-    for name in [*want_services, "/csr/ask", *NODE_NAMES]:
-        assert f"`{name.lstrip('/')}`" in block, name
+    for name in [*(s[0] for s in interface.SERVICES + interface.LIFECYCLE_SERVICES), "csr/ask", *NODE_NAMES]:
+        assert f"`{name}`" in block, name
 
 
 NODE_NAMES = ("csr", "csr_actions", "csr_reconciler")
@@ -65,7 +70,8 @@ NODE_NAMES = ("csr", "csr_actions", "csr_reconciler")
 
 def test_csr_ros_ask_gets_an_answer_from_a_running_graph(up):
     env = dict(os.environ)  # the session's ROS_DOMAIN_ID and localhost discovery (conftest)
-    out = subprocess.run([sys.executable, "-m", "csr_ros.cli", "ask", "Where is the red cup?", "--wait-s", "60"],
+    out = subprocess.run([sys.executable, "-m", "csr_ros.cli", "ask", "Where is the red cup?", "--wait-s", "60",
+                          "--namespace", up.namespace],
                          capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
     assert out.returncode == 0, out.stderr
     assert "state has" in out.stdout and "TTFT" in out.stdout and "stop: eos" in out.stdout, out.stdout
