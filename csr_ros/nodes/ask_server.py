@@ -89,7 +89,7 @@ class AskServer:
         if goal.context not in ("", "state", "memory"):
             return self._refuse(f"unknown answer context {goal.context[:32]!r} (state or memory)")
         with self._lock:
-            if sched.open_requests() + self._reserved >= sched.max_open:
+            if sched.status().open_requests + self._reserved >= sched.max_open:
                 return self._refuse(f"{sched.max_open} answers already open (language.max_open_requests)")
             self._reserved += 1
         return GoalResponse.ACCEPT

@@ -16,6 +16,10 @@ Threads (the ROS node wires them):
   While answers are open, the policy's closed-set scoring rides in the frame's first language
   step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
 
+Lifecycle (:meth:`FrameScheduler.set_serving`): not serving = no decisions, no new questions,
+increments still appended and recorded. :meth:`~FrameScheduler.cancel` ends a request at the
+next frame. ``calls.submit(fn)`` runs ``fn`` on the worker at the next frame start.
+
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
 On a model failure the registry's hold chunk is published once and the failure is counted,
@@ -28,7 +32,6 @@ import dataclasses
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
@@ -142,23 +145,16 @@ class FrameScheduler:
         return LanguageOut(rid, f"refused: {why}", True, "", "refused")
 
     def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
-        """End an open request at the next frame: its branch is freed and its final piece carries
-        the text so far and ``reason``. False when it is not open."""
+        """End an open request at the next frame (branch freed; final = text so far + ``reason``)."""
         with self._lock:
             if request_id not in self._active:
                 return False
             self._cancels.setdefault(request_id, reason)
             return True
 
-    def open_requests(self) -> int:
-        """Requests accepted and not finished (the slots of ``language.max_open_requests``)."""
-        with self._lock:
-            return len(self._active)
-
     def set_serving(self, serving: bool, hold: bool = True) -> None:
-        """Lifecycle: activate (decide and answer) or deactivate. Deactivating arms the hold chunk
-        (published once by :meth:`chunk_for_publish`, then nothing), drops the current chunk and
-        cancels every open request (stop reason ``deactivated``); increments keep being appended."""
+        """Lifecycle: serve (decide, answer) or not. Stopping arms the hold chunk (published once,
+        then nothing) and cancels every open request (``deactivated``)."""
         with self._lock:
             if serving == self.serving:
                 return
@@ -170,7 +166,6 @@ class FrameScheduler:
         self.cancel_all("deactivated")
 
     def cancel_all(self, reason: str) -> int:
-        """:meth:`cancel` every open request; returns how many."""
         with self._lock:
             for rid in self._active:
                 self._cancels.setdefault(rid, reason)
@@ -337,12 +332,10 @@ class FrameScheduler:
         outs = []
         for rid, reason in cancels.items():  # before the step: a cancel ends within one frame
             waiting = [a for a in asks if a[0] == rid]
-            if waiting:
-                asks.remove(waiting[0])
-                outs.append(LanguageOut(rid, "", True, waiting[0][4], reason))
-            else:
-                out = self.language.cancel(rid, reason)
-                outs += [out] if out is not None else []
+            for a in waiting:
+                asks.remove(a)
+            out = LanguageOut(rid, "", True, "", reason) if waiting else self.language.cancel(rid, reason)
+            outs += [out] if out is not None else []
         for rid, q, asked_ns, max_new, context in asks:
             self.language.join(rid, q, asked_ns, max_new, context)
         outs += self.language.advance(self.k, rider)
