@@ -31,6 +31,7 @@ from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import qos
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
+from harness import until as _until
 
 pytestmark = pytest.mark.nodes
 
@@ -160,15 +161,6 @@ def graph(ros_context):
     probe.destroy_node()
     node.actions.destroy_node()
     node.destroy_node()
-
-
-def _until(cond, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_inference_node_forwards_and_publishes(graph):
