@@ -142,3 +142,20 @@ def test_services(agraph):
     assert "red cup" not in after.text and after.state_version == reset.state_version
     g.probe.observe("green box is in the hall")                   # the new state takes increments
     assert until(lambda: g.node.scheduler.engine.ledger.num_tokens > after.state_tokens)
+
+
+def test_deactivate_cancels_open_goals_and_rejects_new_ones(agraph):
+    from action_msgs.msg import GoalStatus
+
+    g, c = agraph, Client(agraph)
+    h, fb = c.send("still answering when deactivated?")
+    assert h.accepted and until(lambda: len(fb) >= 1)
+    assert g.change_state("deactivate")
+    res = h.get_result_async()
+    assert until(res.done)
+    assert res.result().status == GoalStatus.STATUS_ABORTED and res.result().result.stop_reason == "deactivated"
+    refused, _ = c.send("while inactive?")
+    assert not refused.accepted
+    assert g.change_state("activate")
+    again, _ = c.send("active again?")
+    assert again.accepted and c.result(again).stop_reason == "eos"
