@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 from csr_ros.cli.ros_client import add_common, client_node
 
@@ -18,7 +19,7 @@ def status_line(s) -> str:
     """One status as a line (what CacheStatus reports)."""
     return (f"state v{s.state_version}: {s.cached_tokens}/{s.budget_tokens} tokens, {s.increments_total} increments "
             f"({s.increments_rejected} rejected), reconciler {s.reconciler_state}, evictions {s.evictions} "
-            f"(sync {s.sync_fallbacks}), open answers {s.open_requests}, last TTFT {s.last_ttft_ms:.0f} ms")
+            f"(sync {s.sync_fallbacks}), last TTFT {s.last_ttft_ms:.0f} ms, frame overruns {s.frame_overruns}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
         try:
             while True:
                 n = len(got)
-                import time
-
                 end = time.monotonic() + args.wait_s
                 while len(got) == n and time.monotonic() < end:
                     ex.spin_once(timeout_sec=0.1)

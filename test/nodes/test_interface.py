@@ -75,3 +75,14 @@ def test_csr_ros_ask_gets_an_answer_from_a_running_graph(up):
                          capture_output=True, text=True, timeout=120, env=env, cwd="/tmp")
     assert out.returncode == 0, out.stderr
     assert "state has" in out.stdout and "TTFT" in out.stdout and "stop: eos" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("argv, expect", [(["status"], "state v"), (["memory"], "keys, ")])
+def test_csr_ros_status_and_memory_read_a_running_graph(up, argv, expect):
+    up.probe.observe("red cup is in the kitchen")
+    assert until(lambda: up.probe.n("inc") >= 1)
+    out = subprocess.run([sys.executable, "-m", "csr_ros.cli", *argv, "--wait-s", "60", "--namespace", up.namespace],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ), cwd="/tmp")
+    assert out.returncode == 0 and expect in out.stdout, out.stdout + out.stderr
+    if argv == ["memory"]:
+        assert "red cup.location: 'kitchen'" in out.stdout
