@@ -6,7 +6,8 @@
     ros2 launch csr_ros csr.launch.py model:=/models/my-lm namespace:=robot1 use_sim_time:=true
     ros2 launch csr_ros csr.launch.py autostart:=false     # unconfigured: ros2 lifecycle set /csr configure
 
-Without ROS launch (e.g. a venv with ROS from PyPI): ``csr-ros run --params-file config/csr.yaml``.
+Without ROS launch (e.g. a venv with ROS from PyPI): ``csr-ros run`` (or ``ros2 run csr_ros csr_node``),
+which load the same installed ``config/csr.yaml`` when given no ``--params-file``.
 """
 
 from launch import LaunchDescription

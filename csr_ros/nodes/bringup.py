@@ -68,7 +68,9 @@ from csr_ros.core.config import ConfigError, CsrConfig, param_table
 from csr_ros.core.model.device import set_thread_budget
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
+from csr_ros.nodes.parameters import with_default_params_file
 from csr_ros.nodes.reconciler_node import ReconcilerNode
+from csr_ros.share import ShareNotFound
 
 JOIN_TIMEOUT_S = 30.0
 ASK_GOAL_THREADS = next(int(s.validation["bounds<>"][1]) for s in param_table()
@@ -320,8 +322,14 @@ def _install_signal_handlers(stop: threading.Event) -> None:
 
 
 def run(ros_args: Sequence[str] = ()) -> int:
-    """Start the graph with ROS arguments (``--ros-args --params-file F -p k:=v ...``) and block
-    until SIGINT/SIGTERM. Returns the process exit code."""
+    """Start the graph with ROS arguments (``--ros-args --params-file F -p k:=v ...``; without a
+    ``--params-file`` the installed ``share/csr_ros/config/csr.yaml``) and block until
+    SIGINT/SIGTERM. Returns the process exit code."""
+    try:
+        ros_args = with_default_params_file(ros_args)
+    except ShareNotFound as e:
+        print(f"csr_node: {e}", file=sys.stderr)
+        return 2
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     context = Context()
     rclpy.init(args=["csr_node", *ros_args], context=context)
