@@ -129,13 +129,15 @@ def _load_tokenizer(name: str):
 def load_server(urls: Sequence[str], dialect: str = "llamacpp", tokenizer: str = "embedded", model: str = "",
                 timeout_s: "float | RequestPolicy" = 120.0, ready_timeout_s: float = 60.0, max_new_tokens: int = 64,
                 top_k: int = 100, prompt_format: str = "tokens", api_key: str = "",
-                slot_ids: Sequence[int] = (0, 1), health_period_s: float = 0.5) -> ServerBackend:
+                slot_ids: Sequence[int] = (0, 1), health_period_s: float = 0.5,
+                start_monitor: bool = True) -> ServerBackend:
     """Connect to one or two servers (waits for ``/health``) and return the backend.
 
     ``dialect``: llamacpp | vllm | sglang | openai. ``model``: the served model's name for the
     ``/v1`` APIs (empty: the first of ``/v1/models``). ``prompt_format``: tokens | text.
     ``timeout_s``: one timeout for every request, or a :class:`RequestPolicy` (per kind, retries).
-    ``health_period_s``: the server-health thread's period (dead, stalled, restarted servers).
+    ``health_period_s``: the server-health thread's period (dead, stalled, restarted servers);
+    ``start_monitor`` False: no thread (tests run its rounds with ``pool.health.poll_once()``).
     """
     if prompt_format not in ("tokens", "text"):
         raise ValueError(f"prompt_format {prompt_format!r}: use tokens or text")
@@ -150,7 +152,8 @@ def load_server(urls: Sequence[str], dialect: str = "llamacpp", tokenizer: str =
         d.model = pool.discover_model()
     be = ServerBackend(name, pool, tok, template_from_tokenizer(tok), max_new_tokens, top_k, prompt_format == "text")
     be_holder["be"] = be
-    pool.health.start()
+    if start_monitor:
+        pool.health.start()
     log.info("server backend: %s over %s (%s)", dialect, ", ".join(str(l) for l in pool.lanes), name)
     return be
 
