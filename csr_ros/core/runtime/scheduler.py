@@ -114,7 +114,8 @@ class FrameScheduler:
 
     def ask(self, request_id: str, question: str) -> LanguageOut | None:
         """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
-        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
+        (bad id or question, a duplicate open id, ``language.max_open_requests`` reached, or the
+        serving engine away: refused at once, never queued behind its return)."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
         why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
         if why:
