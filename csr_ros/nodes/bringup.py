@@ -137,7 +137,8 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
         system = system_prompt_with_actions(system, registry)
     summarizer = ModelSummarizer(backend) if r.policy == "summary" else None
     compactor = Compactor(r.policy, b.evict_frac, backend.template, backend.encode, summarizer)
-    store = LedgerStore(led.dir, led.fsync, led.batch_period_s) if led.dir else None
+    store = (LedgerStore(led.dir, led.fsync, led.batch_period_s, backlog_max_records=led.backlog_max_records,
+                         retry_period_s=led.retry_period_s) if led.dir else None)
     engine = CsrEngine(backend, b.budget_tokens, b.high_water_frac, b.evict_frac, system, clock_ns,
                        compactor=compactor, store=store,
                        memory=EntityMemory() if cfg.memory.focus_enabled or cfg.memory.answer_context == "memory"

@@ -38,7 +38,7 @@ from csr_ros.core.reconcile.hot_path import gate_of
 from csr_ros.core.runtime.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
                                  request_refusal)
 from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
-from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
+from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut, fault_counters
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
 from csr_ros.core.runtime.worker_calls import WorkerCalls
@@ -121,11 +121,14 @@ class FrameScheduler:
     def ask(self, request_id: str, question: str, max_new_tokens: int = 0, context: str = "") -> LanguageOut | None:
         """Open a language request (``max_new_tokens`` 0: the configured; ``context`` "": the
         configured). None when accepted; else a final ``"refused: ..."`` piece (bad id, question
-        or context, a duplicate open id, ``language.max_open_requests`` reached, not serving)."""
+        or context, a duplicate open id, ``language.max_open_requests`` reached, not serving, or
+        the serving engine away: refused at once, never queued behind its return)."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
         why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars, context)
         if why:
             rid = printable_id(rid, self.max_id_chars)
+        else:  # a serving engine that is away: refused at once, never queued behind its return
+            why = getattr(self.engine.backend, "unavailable", lambda: "")()
         with self._lock:
             if not why and not self.serving:
                 why = "the node is not active (lifecycle)"
@@ -385,7 +388,7 @@ class FrameScheduler:
         return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, r.state if r is not None else "idle",
                          self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, n_open,
                          self.language.tokens_generated, engine=dataclasses.replace(ec),
-                         scheduler=dataclasses.replace(sc), inbox=inbox)
+                         scheduler=dataclasses.replace(sc), inbox=inbox, **fault_counters(e))
 
     def accepted_increments(self) -> list[Increment]:
         """Increments accepted since the last call (the node republishes them)."""
