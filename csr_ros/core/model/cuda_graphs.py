@@ -41,6 +41,7 @@ import torch
 
 from csr_ros.core.model.attention import ATTN_NAME, csr_attention
 from csr_ros.core.model.buckets import bucket_for, bucket_sizes, pad_to
+from csr_ros.core.model.streams import in_background
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +170,8 @@ class StepRunner:
     """Explicit forward of appends up to the largest bucket, CUDA-graphed on a GPU.
 
     Shared by every KV state of one model (it holds no cache). One forward at a time: a thread
-    that finds it busy gets ``None`` and takes the plain path.
+    that finds it busy gets ``None`` and takes the plain path; so does a background builder
+    (:func:`csr_ros.core.model.streams.background`: the graphs serve the hot path only).
 
     Attributes:
         sizes: the buckets (ascending); an append of ``n <= sizes[-1]`` runs padded to the smallest
@@ -204,7 +206,7 @@ class StepRunner:
     def accepts(self, n: int) -> bool:
         """True when a forward of ``n`` tokens can run here now (on bucket ``bucket_for(n)``)."""
         size = bucket_for(n, self.sizes)
-        ok = (self.enabled and size is not None and size not in self._failed
+        ok = (self.enabled and size is not None and size not in self._failed and not in_background()
               and getattr(self.model.config, "_attn_implementation", None) == ATTN_NAME)
         if not ok:
             self.stats["declined"] += 1
