@@ -113,6 +113,6 @@ def test_background_mark_keeps_builders_off_the_graph_runner(tiny):
         assert seen == [False]  # per thread
         kv.append([5, 6, 7])
     assert not streams.in_background()
-    assert runner.stats == {"graph": 0, "explicit": 0, "declined": 1}
+    assert runner.stats == {"graph": 0, "explicit": 0, "declined": 0, "background": 1}
     kv.append([8])
     assert runner.stats["explicit"] == 1

@@ -28,6 +28,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 
+from csr_ros.cli.bench import gpu_opts
 from csr_ros.cli.bench.common import add_model_args, add_server_args, device_name, percentile, write_json
 from csr_ros.core.state.ledger import Fact
 
@@ -192,6 +193,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
     from csr_ros.core.reconcile.reconciler import ReconcilerThread
 
     torch.set_num_threads(args.threads if mode == "asr" else _sync_threads(args))
+    gpu_opts.enter_hot_stream(args, getattr(be, "device", "cpu"))  # CUDA: queries ahead of the rebuild
     eng, rec = _make(be, args, mode)
     res, accepted = ModeResult(mode), []
     k = _warm_up(eng, rec, accepted, int(S / args.increment_hz))
@@ -200,6 +202,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
     worker = ReconcilerThread(rec).start() if rec else None
     gc.collect()
     gc.freeze()
+    runner0 = _runner_stats(be)
     res.load_avg.append(os.getloadavg()[0])
     cpu_start = _cpu_busy_s()
     t_start = time.perf_counter()
@@ -271,8 +274,15 @@ def run_mode(be, args, mode: str) -> ModeResult:
     res.counters = {"sync_fallbacks": hard_limit,
                     "rebuild_failures": rec.counters.failures if rec else 0,
                     "replayed": rec.counters.replayed if rec else 0,
-                    "frames": frame, "final_version": eng.ledger.version}
+                    "frames": frame, "final_version": eng.ledger.version,
+                    # hot-path forwards of the timed loop per path (graph / explicit / declined = eager)
+                    "runner_forwards": {k: v - runner0.get(k, 0) for k, v in _runner_stats(be).items()}}
     return res
+
+
+def _runner_stats(be) -> dict:
+    runner = getattr(be, "runner", None)
+    return dict(runner.stats) if runner is not None else {}
 
 
 def summarize(res: ModeResult, window_s: float = 1.0) -> dict:
@@ -344,6 +354,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
     add_server_args(p)  # --backend openai --url URL [--url2 URL]: two-server reconciliation
+    gpu_opts.add_gpu_args(p)
 
 
 def print_summary(name: str, s: dict) -> None:
@@ -355,16 +366,13 @@ def print_summary(name: str, s: dict) -> None:
 
 
 def run(args) -> dict:
-    from csr_ros.core.model.backends.hf import load_hf, load_shape
-
     logging.getLogger("csr_ros").setLevel(logging.ERROR)  # sync evictions are counted, not logged
     if getattr(args, "backend", "hf") == "openai":
         from csr_ros.cli.bench.ttft_server import load_backend
 
         be = load_backend(args)
     else:
-        be = (load_shape(args.shape, device=args.device, dtype=args.dtype) if args.shape
-              else load_hf(args.model, device=args.device, dtype=args.dtype))
+        be = gpu_opts.load_backend(args)
     t0 = time.perf_counter()
     results, modes = [], {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
@@ -380,7 +388,7 @@ def run(args) -> dict:
                            "asr_query_hot": args.hot_threads,
                            "sync": _sync_threads(args)},
                "scheduling": _scheduling(),
-               "hot_path_gate": _gate_report(be),
+               "hot_path_gate": _gate_report(be), "gpu": gpu_opts.report(args, be),
                "modes": modes, "wall_s": round(time.perf_counter() - t0, 1),
                "samples": {r.mode: {"queries": r.queries, "swaps_s": [round(s, 3) for s in r.swaps]} for r in results}}
     if hasattr(be, "report"):  # serving engines: lanes, promotions, prompt tokens evaluated vs cached

@@ -108,6 +108,11 @@ def set_split_kv(on: bool, min_kv_tokens: int | None = None, max_q_tokens: int |
         _SPLIT["max_q"] = int(max_q_tokens)
 
 
+def split_kv_enabled() -> bool:
+    """Whether :func:`set_split_kv` turned the split-KV kernel on (and no kernel error turned it off)."""
+    return bool(_SPLIT["on"])
+
+
 def set_packed_gqa(on: bool) -> None:
     """Turn the packed-GQA path for small appends on CUDA on or off (benchmarks, diagnostics)."""
     _PACK["on"] = bool(on)

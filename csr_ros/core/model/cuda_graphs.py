@@ -177,7 +177,8 @@ class StepRunner:
         sizes: the buckets (ascending); an append of ``n <= sizes[-1]`` runs padded to the smallest
             bucket holding it, longer ones fall back.
         capture: True to capture CUDA graphs (CUDA only); False runs the segments eagerly.
-        stats: forwards served per path: ``graph``, ``explicit``, ``declined``.
+        stats: forwards per path: ``graph``, ``explicit``, ``declined`` (the hot path ran the plain
+            forward: too long, busy, capture failed, disabled), ``background`` (a builder's forwards).
         enabled: False makes it decline every forward (eager reference runs).
     """
 
@@ -198,15 +199,18 @@ class StepRunner:
         self._failed: set[int] = set()
         self._lock = threading.Lock()
         self._stream = None
-        self.stats = {"graph": 0, "explicit": 0, "declined": 0}
+        self.stats = {"graph": 0, "explicit": 0, "declined": 0, "background": 0}
         self.enabled = True  # False: decline everything (benchmarks compare against eager)
         self._width = model.config.num_attention_heads * self.segs.head_dim
         self._scaling = [float(layer.self_attn.scaling) for layer in self.segs.layers]
 
     def accepts(self, n: int) -> bool:
         """True when a forward of ``n`` tokens can run here now (on bucket ``bucket_for(n)``)."""
+        if in_background():
+            self.stats["background"] += 1
+            return False
         size = bucket_for(n, self.sizes)
-        ok = (self.enabled and size is not None and size not in self._failed and not in_background()
+        ok = (self.enabled and size is not None and size not in self._failed
               and getattr(self.model.config, "_attn_implementation", None) == ATTN_NAME)
         if not ok:
             self.stats["declined"] += 1

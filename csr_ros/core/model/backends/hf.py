@@ -129,7 +129,8 @@ def make_runner(model: torch.nn.Module, cuda_graphs: bool | str,
 
 
 def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
-            attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True) -> HFBackend:
+            attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True,
+            graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
     """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -145,11 +146,13 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
     ).to(dev)
     name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
     lm = _finish(lm, attn)
-    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt, runner=make_runner(lm, cuda_graphs))
+    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt,
+                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
 
 
 def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
-               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True) -> HFBackend:
+               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True,
+               graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
     """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -163,7 +166,7 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
     tok = ByteTokenizer(cfg.vocab_size)
     lm = _finish(lm, attn)
     return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt,
-                     runner=make_runner(lm, cuda_graphs))
+                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
