@@ -209,7 +209,9 @@ def run_mode(be, args, mode: str) -> ModeResult:
     building_since = None
     frame = 0
     try:
-        while len(res.swaps) < args.cycles and time.perf_counter() - t_start < args.max_s:
+        cycles, max_s = (args.cycles, args.max_s) if rec else (args.baseline_cycles or args.cycles,
+                                                               args.baseline_max_s or args.max_s)
+        while len(res.swaps) < cycles and time.perf_counter() - t_start < max_s:
             t_sched = t_start + frame * period
             delay = t_sched - time.perf_counter()
             if delay > 0:
@@ -351,6 +353,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="let increments ride along with the next query (default: each frame appends its own)")
     p.add_argument("--chunk-tokens", type=int, default=256, help="rebuild prefill chunk")
     p.add_argument("--max-s", type=float, default=600.0, help="time limit per mode, s")
+    p.add_argument("--baseline-cycles", type=int, default=0, help="sync mode's cycles (0: --cycles)")
+    p.add_argument("--baseline-max-s", type=float, default=0.0, help="sync mode's time limit, s (0: --max-s)")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
     add_server_args(p)  # --backend openai --url URL [--url2 URL]: two-server reconciliation

@@ -157,11 +157,12 @@ def _kernel():
 
 
 def split_kv_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scaling: float | None = None,
-                       splits: int | None = None, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+                       splits: int | None = None, block_m: int = 128, block_n: int = 64) -> torch.Tensor:
     """:func:`split_kv_reference` as a Triton kernel (CUDA, or CPU under ``TRITON_INTERPRET=1``).
 
-    ``splits``: number of sequence splits (default :func:`num_splits`). ``D`` must be a power of
-    two >= 16; the last dimension of q, k, v must be contiguous. Returns ``[B, n, Hq, D]``.
+    ``splits``: number of sequence splits (default :func:`num_splits`). ``block_m``: query rows
+    per program (a 32-token query of a 4-head GQA group is 128 rows: one tile, so each split's
+    K/V is read once). ``D`` must be a power of two >= 16. Returns ``[B, n, Hq, D]``.
     """
     triton, kern = _kernel()
     b, hq, n, d = query.shape
@@ -181,7 +182,7 @@ def split_kv_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
         q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), o.stride(0), o.stride(1), o.stride(2), o.stride(3),
         lse.stride(0), lse.stride(1), lse.stride(2), float(scale), s_len - n, s_len, n, rows, split, g,
-        HKV=hkv, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=d)
+        HKV=hkv, BLOCK_M=block_m, BLOCK_N=block_n, HEAD_D=d, num_warps=8 if block_m * d >= 128 * 128 else 4)
     return _unpack(merge_splits(o, lse), hq, n, query.dtype)
 
 
