@@ -116,3 +116,18 @@ def test_background_mark_keeps_builders_off_the_graph_runner(tiny):
     assert runner.stats == {"graph": 0, "explicit": 0, "declined": 0, "background": 1}
     kv.append([8])
     assert runner.stats["explicit"] == 1
+
+
+def test_every_spelling_of_one_gpu_finds_the_same_hot_stream(monkeypatch):
+    """use_hot_stream("cuda") must be what on_stream's hot_streams(torch.device("cuda", 0)) sees."""
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream(device))
+    switched = []
+    monkeypatch.setattr(torch.cuda, "set_stream", switched.append)
+    monkeypatch.setattr(streams, "_HOT", {})
+    hot = streams.use_hot_stream("cuda")
+    assert switched == [hot] and hot.priority == -3
+    assert streams.hot_streams(torch.device("cuda", 0)) == [hot] == streams.hot_streams("cuda:0")
+    assert streams.use_hot_stream(torch.device("cuda:0")) is hot  # one shared hot stream per GPU
+    assert streams.hot_streams("cuda:1") == []

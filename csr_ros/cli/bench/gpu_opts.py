@@ -44,7 +44,23 @@ def load_backend(args, attn: str = "csr"):
     attention.set_split_kv(getattr(args, "split_kv", "off") == "on")
     kw = dict(device=args.device, dtype=args.dtype, attn=attn, cuda_graphs=graphs_mode(args),
               graph_max_tokens=getattr(args, "graph_max_tokens", DEFAULT_MAX_TOKENS))
-    return load_shape(args.shape, **kw) if args.shape else load_hf(args.model, **kw)
+    be = load_shape(args.shape, **kw) if args.shape else load_hf(args.model, **kw)
+    if attention.split_kv_enabled() and be.device.type == "cuda":
+        _warm_split_kv(be)
+    return be
+
+
+def _warm_split_kv(be) -> None:
+    """Compile the split-KV kernel's variants now (a failure turns split-KV off, reported)."""
+    from csr_ros.core.model import attention, split_kv
+
+    cfg = be.model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    try:
+        split_kv.warm_up(cfg.num_attention_heads, cfg.num_key_value_heads, head_dim, be.device, be.dtype)
+    except Exception as err:  # noqa: BLE001 - SDPA serves instead
+        attention.set_split_kv(False)
+        print(f"split-KV off: warm-up failed ({err!r})")
 
 
 def enter_hot_stream(args, device) -> object | None:

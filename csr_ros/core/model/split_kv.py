@@ -105,6 +105,8 @@ def split_kv_reference(query: torch.Tensor, key: torch.Tensor, value: torch.Tens
 
 
 _KERNEL = None
+_VARYING = ["sqb", "sqh", "sqt", "skb", "skh", "sks", "svb", "svh", "svs", "sob", "soh", "sop", "sor",
+            "slb", "slh", "slp", "past", "seq", "n_tok", "rows", "split", "group"]
 
 
 def _kernel():
@@ -115,7 +117,8 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # integer arguments change with every query length and cache size: no recompiling per value
+    @triton.jit(do_not_specialize=_VARYING)
     def split_kv_fwd(Q, K, V, O, L, sqb, sqh, sqt, skb, skh, sks, svb, svh, svs,
                      sob, soh, sop, sor, slb, slh, slp, scale, past, seq, n_tok, rows, split, group,
                      HKV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_D: tl.constexpr):
@@ -190,3 +193,15 @@ def supports(query: torch.Tensor, key: torch.Tensor) -> bool:
     """Shapes the kernel takes: head dim a power of two in [16, 256], ``n <= S``."""
     d = query.shape[-1]
     return 16 <= d <= 256 and d & (d - 1) == 0 and query.shape[2] <= key.shape[2]
+
+
+def warm_up(hq: int, hkv: int, head_dim: int, device, dtype: torch.dtype) -> int:
+    """Compile the kernel for every row-tile variant a model of this geometry uses (queries of
+    1, 8, 16 and >= 32 tokens), so no query pays for a compile. Returns the variants run."""
+    done = 0
+    for n in (1, 8, 16, 32):
+        q = torch.zeros(1, hq, n, head_dim, device=device, dtype=dtype)
+        kv = torch.zeros(1, hkv, 512 + n, head_dim, device=device, dtype=dtype)
+        split_kv_attention(q, kv, kv)
+        done += 1
+    return done

@@ -43,6 +43,15 @@ def priority_value(kind: str, priority_range: tuple[int, int]) -> int:
     return {"high": greatest, "low": least, "default": 0}[kind]
 
 
+def _key(device: Any) -> str:
+    """``cuda:N`` for a CUDA device given as ``cuda``, ``cuda:N`` or a torch.device (the index
+    defaults to the current device, so every spelling of one GPU finds the same hot stream)."""
+    import torch
+
+    d = torch.device(device)
+    return str(d if d.index is not None else torch.device("cuda", torch.cuda.current_device()))
+
+
 def priority_stream(device: Any, kind: str = "default"):
     """A new CUDA stream on ``device`` with priority ``kind`` (None off CUDA). A torch without
     stream priorities gets a plain stream (logged)."""
@@ -66,7 +75,7 @@ def use_hot_stream(device: Any):
         return None
     import torch
 
-    key = str(torch.device(device))
+    key = _key(device)
     stream = _HOT.get(key)
     if stream is None:
         stream = _HOT[key] = priority_stream(device, "high")
@@ -80,9 +89,7 @@ def hot_streams(device: Any) -> list:
     reuses memory the hot path may still read)."""
     if not _is_cuda(device):
         return []
-    import torch
-
-    stream = _HOT.get(str(torch.device(device)))
+    stream = _HOT.get(_key(device))
     return [] if stream is None else [stream]
 
 
