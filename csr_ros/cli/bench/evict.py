@@ -369,6 +369,22 @@ def print_summary(name: str, s: dict) -> None:
           f"other processes {s['external_cpu_cores']} cores")
 
 
+def _payload(be, args, modes: dict, results: list[ModeResult], wall_s: float) -> dict:
+    payload = {"model": be.name, "device": device_name(be.device), "dtype": args.dtype, "budget_tokens": args.budget,
+               "high_water_frac": args.high_water, "evict_frac": args.evict_frac, "policy": args.policy,
+               "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
+               "threads": {"asr_inference": args.threads, "asr_rebuild": args.rebuild_threads,
+                           "asr_query_hot": args.hot_threads,
+                           "sync": _sync_threads(args)},
+               "scheduling": _scheduling(),
+               "hot_path_gate": _gate_report(be), "gpu": gpu_opts.report(args, be),
+               "modes": modes, "wall_s": round(wall_s, 1),
+               "samples": {r.mode: {"queries": r.queries, "swaps_s": [round(s, 3) for s in r.swaps]} for r in results}}
+    if hasattr(be, "report"):  # serving engines: lanes, promotions, prompt tokens evaluated vs cached
+        payload.update(backend="openai", device=f"{be.pool.dialect.name} servers", server=be.report())
+    return payload
+
+
 def run(args) -> dict:
     logging.getLogger("csr_ros").setLevel(logging.ERROR)  # sync evictions are counted, not logged
     if getattr(args, "backend", "hf") == "openai":
@@ -378,26 +394,15 @@ def run(args) -> dict:
     else:
         be = gpu_opts.load_backend(args)
     t0 = time.perf_counter()
-    results, modes = [], {}
+    results, modes, payload = [], {}, {}
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
         if mode not in ("asr", "sync"):
             raise SystemExit(f"unknown mode {mode!r} (asr, sync)")
         results.append(run_mode(be, args, mode))
         modes[mode] = summarize(results[-1])
         print_summary(mode, modes[mode])
-    payload = {"model": be.name, "device": device_name(be.device), "dtype": args.dtype, "budget_tokens": args.budget,
-               "high_water_frac": args.high_water, "evict_frac": args.evict_frac, "policy": args.policy,
-               "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
-               "threads": {"asr_inference": args.threads, "asr_rebuild": args.rebuild_threads,
-                           "asr_query_hot": args.hot_threads,
-                           "sync": _sync_threads(args)},
-               "scheduling": _scheduling(),
-               "hot_path_gate": _gate_report(be), "gpu": gpu_opts.report(args, be),
-               "modes": modes, "wall_s": round(time.perf_counter() - t0, 1),
-               "samples": {r.mode: {"queries": r.queries, "swaps_s": [round(s, 3) for s in r.swaps]} for r in results}}
-    if hasattr(be, "report"):  # serving engines: lanes, promotions, prompt tokens evaluated vs cached
-        payload.update(backend="openai", device=f"{be.pool.dialect.name} servers", server=be.report())
-    write_json(args.json, payload)
+        payload = _payload(be, args, modes, results, time.perf_counter() - t0)
+        write_json(args.json, payload)  # after every mode: a run cut short keeps the finished ones
     if args.plot:
         plot(results, args.plot, f"TTFT through eviction cycles: {be.name}, budget {args.budget} tokens, "
                                  f"{args.policy}")
