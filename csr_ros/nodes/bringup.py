@@ -50,6 +50,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 
 from csr_ros.core.config import ConfigError, CsrConfig
 from csr_ros.core.model.device import set_thread_budget
+from csr_ros.core.model.streams import use_hot_stream
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.reconciler_node import ReconcilerNode
@@ -210,6 +211,8 @@ class Graph:
         threads = self.node.cfg.model.torch_threads
         if self.node.cfg.model.backend == "hf":
             set_thread_budget(threads)  # this thread's own intra-op budget (0: torch's default)
+            backend = getattr(getattr(getattr(self.node, "scheduler", None), "engine", None), "backend", None)
+            use_hot_stream(getattr(backend, "device", "cpu"))  # CUDA: frames ahead of the rebuild's stream
         self.node.run_worker(self.stop)
 
     def _guard(self, fn, *args) -> None:
