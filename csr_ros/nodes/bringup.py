@@ -66,6 +66,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 
 from csr_ros.core.config import ConfigError, CsrConfig, param_table
 from csr_ros.core.model.device import set_thread_budget
+from csr_ros.core.model.streams import use_hot_stream
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.parameters import with_default_params_file
@@ -248,6 +249,8 @@ class Graph:
         threads = int(self.node.get_parameter("model.torch_threads").value)
         if self.node.get_parameter("model.backend").value == "hf":
             set_thread_budget(threads)  # this thread's own intra-op budget (0: torch's default)
+            backend = getattr(getattr(getattr(self.node, "scheduler", None), "engine", None), "backend", None)
+            use_hot_stream(getattr(backend, "device", "cpu"))  # CUDA: frames ahead of the rebuild's stream
         self.node.run_worker(self.stop)
 
     def _guard(self, fn, *args) -> None:
