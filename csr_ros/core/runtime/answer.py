@@ -33,8 +33,10 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
-from csr_ros.core.state.focus import Focus, FocusMatcher, focus_for, normalise
+from csr_ros.core.state.focus import Focus, FocusMatcher, normalise
 from csr_ros.core.state.ledger import Increment
+from csr_ros.core.state.question import (FacetChooser, Intent, intent_lines, is_never_candidate, memory_intent,
+                                         question_intent)
 
 CONTEXTS = ("state", "memory")
 
@@ -48,12 +50,22 @@ class AnswerPrompt:
         ids: state: the query tokens appended after the cached state; memory: the whole prompt.
         focus: the focus used (may be empty).
         recent_seqs: memory context: sequence numbers of the increments included.
+        frame: the text that starts the answer (a lead-in, or derived from the question's
+            intent); ``ids`` end with it, ``base_ids`` are the same prompt without it.
+        intent: what the question asks (None: not classified).
     """
 
     context: str
     ids: tuple[int, ...]
     focus: Focus
     recent_seqs: tuple[int, ...] = ()
+    frame: str = ""
+    base_ids: tuple[int, ...] | None = None
+    intent: Intent | None = None
+
+    @property
+    def never_frame(self) -> str:
+        return self.intent.never_frame() if self.intent is not None else "I have not seen it"
 
 
 def names_entity(inc: Increment, entities: Sequence[str]) -> bool:
@@ -104,16 +116,20 @@ def memory_prompt_ids(engine, question: str, focus: Focus, lead_in: str = "",
 
 
 def build(engine, question: str, focus: Focus, context: str = "state", lead_in: str = "",
-          recent_increments: int = 0) -> AnswerPrompt:
-    """The answer context ``context`` for ``question`` (see the module doc)."""
+          recent_increments: int = 0, intent: Intent | None = None) -> AnswerPrompt:
+    """The answer context ``context`` for ``question`` (see the module doc); the answer starts
+    with ``lead_in`` (the frame)."""
     if context == "state":
-        return AnswerPrompt("state", tuple(state_query_ids(engine, question, focus, lead_in)), focus)
+        ids = tuple(state_query_ids(engine, question, focus, lead_in))
+        base = tuple(state_query_ids(engine, question, focus)) if lead_in else ids
+        return AnswerPrompt("state", ids, focus, (), lead_in, base, intent)
     if context != "memory":
         raise ValueError(f"unknown answer context {context!r}; use one of {CONTEXTS}")
     pool = list(engine.ledger.increments) + list(engine.pending)
     recent = recent_naming(pool, focus.entities, recent_increments)
-    ids = memory_prompt_ids(engine, question, focus, lead_in, recent)
-    return AnswerPrompt("memory", tuple(ids), focus, tuple(i.seq for i in recent))
+    ids = tuple(memory_prompt_ids(engine, question, focus, lead_in, recent))
+    base = tuple(memory_prompt_ids(engine, question, focus, "", recent)) if lead_in else ids
+    return AnswerPrompt("memory", ids, focus, tuple(i.seq for i in recent), lead_in, base, intent)
 
 
 def candidate_ids(backend, candidates: Sequence[str]) -> list[list[int]]:
@@ -121,13 +137,50 @@ def candidate_ids(backend, candidates: Sequence[str]) -> list[list[int]]:
     return [backend.encode(c if c.startswith(" ") else " " + c) for c in candidates]
 
 
+def distinguishing_words(sentences: Sequence[Sequence[str]]) -> list[int]:
+    """Per sentence (a word list), the length of its shortest word prefix that no other sentence
+    starts with (its whole length when it has none: it is a prefix of another)."""
+    out = []
+    for i, w in enumerate(sentences):
+        others = [o for j, o in enumerate(sentences) if j != i]
+        k = 1
+        while k < len(w) and any(list(o[:k]) == list(w[:k]) for o in others):
+            k += 1
+        out.append(k)
+    return out
+
+
+def framed_candidates(backend, prompt: AnswerPrompt, candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:
+    """``(prompt ids, candidate ids)`` of closed-set scoring with the candidates in their frames.
+
+    Each candidate is read as the answer sentence it makes: the prompt's frame + the candidate,
+    or, for a "not seen" candidate, the sentence "I have not seen ..." (its own frame). Each is
+    cut after its first distinguishing word (the shortest word prefix no other candidate's
+    sentence shares), so a candidate's score is the log-probability of a prefix that only it
+    has: the events are disjoint and candidates of different lengths ("garage" / "living room",
+    "7 times" / "I have not seen it") compare fairly; the words after it add nothing. When every
+    candidate shares the frame, the frame stays in the prompt (``prompt.ids``) and only the
+    candidate words are scored (the same comparison, fewer tokens).
+    """
+    never = [is_never_candidate(c) for c in candidates]
+    frame_words = prompt.frame.split()
+    sentences = [prompt.never_frame.split() if nv else frame_words + c.split() for c, nv in zip(candidates, never)]
+    cut = distinguishing_words(sentences)
+    if not any(never) or not prompt.frame:
+        n = len(frame_words)
+        return list(prompt.ids), [backend.encode(" " + " ".join(w[n:max(k, n + 1)])) for w, k in zip(sentences, cut)]
+    base = list(prompt.base_ids if prompt.base_ids is not None else prompt.ids)
+    return base, [backend.encode(" ".join(w[:k])) for w, k in zip(sentences, cut)]
+
+
 def score(engine, prompt: AnswerPrompt, candidates: Sequence[str]) -> list[float]:
-    """Log-likelihood of each candidate after the context (one batched forward)."""
-    cands = candidate_ids(engine.backend, candidates)
+    """Log-likelihood of each candidate in its frame after the context (one batched forward;
+    see :func:`framed_candidates`)."""
+    ids, cands = framed_candidates(engine.backend, prompt, candidates)
     if prompt.context == "state":
         engine.flush()
-        return engine.kv.score(list(prompt.ids), cands)
-    return engine.backend.new_state().score(list(prompt.ids), cands)
+        return engine.kv.score(ids, cands)
+    return engine.backend.new_state().score(ids, cands)
 
 
 @dataclass(frozen=True)
@@ -162,7 +215,8 @@ def generate(engine, prompt: AnswerPrompt, max_new_tokens: int = 48) -> Generate
             tok = int(kv.step({bid: tok})[bid].argmax())
     finally:
         kv.close_branch(bid)
-    return Generated(engine.backend.decode(out), tuple(out), ttft, time.perf_counter() - t0, prompt.context)
+    text = prompt.frame + engine.backend.decode(out)
+    return Generated(text, tuple(out), ttft, time.perf_counter() - t0, prompt.context)
 
 
 class AnswerContexts:
@@ -170,25 +224,44 @@ class AnswerContexts:
 
     Args:
         memory_cfg: the ``memory`` parameter group (focus_enabled, focus_threshold,
-            focus_max_lines, first_seen_cues, last_seen_cues, answer_context, recent_increments).
-        similarity: focus fallback scorer (e.g. :class:`csr_ros.cli.eval.embed.MiniLM`); None: text
-            matches only.
+            focus_max_lines, first_seen_cues, last_seen_cues, place_attributes, answer_frames,
+            answer_context, recent_increments).
+        similarity: focus fallback and facet prototypes scorer (e.g.
+            :class:`csr_ros.cli.eval.embed.MiniLM`); None: text matches and cues only.
     """
 
     def __init__(self, memory_cfg, similarity=None):
         self.cfg = memory_cfg
         self.matcher = FocusMatcher.from_config(memory_cfg, similarity)
+        self.chooser = FacetChooser(memory_cfg.first_seen_cues, memory_cfg.last_seen_cues, similarity)
+        self.place_attributes = tuple(getattr(memory_cfg, "place_attributes", ("location",)))
 
     def focus(self, engine, question: str, force: bool = False) -> Focus:
         """Focus lines for ``question`` (empty when switched off, unless ``force``, or when the
-        engine keeps no memory)."""
-        if not (self.cfg.focus_enabled or force) or getattr(engine, "memory", None) is None:
-            return Focus((), ())
-        return focus_for(question, engine.memory, engine.ledger.epoch_ns, self.matcher, self.cfg.focus_max_lines)
+        engine keeps no memory): the lines of its intent (:func:`intent_lines`)."""
+        return self.understand(engine, question, force)[1]
+
+    def understand(self, engine, question: str, force: bool = False) -> tuple[Intent, Focus]:
+        """``(intent, focus)``. Without focus (switched off, no memory) the intent comes from the
+        question alone, so no memory fact leaks into an unfocused answer's frame."""
+        memory = getattr(engine, "memory", None)
+        if not (self.cfg.focus_enabled or force) or memory is None or len(memory) == 0:
+            intent = question_intent(question, self.chooser)
+            if memory is not None and (self.cfg.focus_enabled or force):
+                never = intent.kind in ("where", "when", "count") and bool(intent.subject)  # empty memory
+                intent = Intent(intent.kind, intent.facet, intent.subject, intent.place, never, intent.facet_by)
+                return intent, Focus((), tuple(intent_lines(memory, intent, [], 0, self.place_attributes)))
+            return intent, Focus((), ())
+        intent, keys, matches = memory_intent(question, memory, self.matcher, self.chooser, self.place_attributes)
+        lines = intent_lines(memory, intent, keys, engine.ledger.epoch_ns, self.place_attributes)
+        facets = (intent.facet,) if intent.kind in ("where", "when") else ("last",)
+        return intent, Focus(tuple(matches), tuple(lines[: self.cfg.focus_max_lines]), facets)
 
     def build(self, engine, question: str, lead_in: str = "", context: str | None = None) -> AnswerPrompt:
         """The answer prompt; ``context`` overrides ``memory.answer_context``. The memory context
-        always uses focus (it is made of the focus lines)."""
+        always uses focus (it is made of the focus lines). Without ``lead_in`` the answer starts
+        with the intent's frame (``memory.answer_frames``)."""
         ctx = context or self.cfg.answer_context
-        focus = self.focus(engine, question, force=ctx == "memory")
-        return build(engine, question, focus, ctx, lead_in, self.cfg.recent_increments)
+        intent, focus = self.understand(engine, question, force=ctx == "memory")
+        frame = lead_in or (intent.frame() if getattr(self.cfg, "answer_frames", True) else "")
+        return build(engine, question, focus, ctx, frame, self.cfg.recent_increments, intent)
