@@ -47,7 +47,7 @@ NEVER_SEEN = "not seen"
 """The canonical closed-set candidate for "I have not seen it" (also matched: never seen, unknown)."""
 _NEVER_FORMS = frozenset({"not seen", "never seen", "unknown", "i have not seen it", "i have not seen"})
 
-PLACE_ATTRIBUTES = ("location", "room", "place", "position")
+PLACE_ATTRIBUTES = ("location", "room", "place")
 
 FIRST_PROTOTYPES = (
     "Where was it first seen?", "Where was it originally?", "Where did you first see it?",
