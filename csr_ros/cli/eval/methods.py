@@ -40,6 +40,7 @@ from csr_ros.core.state.question import FacetChooser, question_intent
 from csr_ros.core.reconcile.reconciler import Reconciler, reconcile_at_frame
 from csr_ros.core.state.template import DEFAULT_SYSTEM
 from csr_ros.cli.eval.episode import QAItem
+from csr_ros.cli.eval.scoring import drifted
 
 METHODS = ("csr", "csr_nofocus", "memory", "window", "rag", "full", "oracle")
 WINDOW_EVICT_FRAC = 0.25  # window: drop the oldest quarter at the hard limit (stays 75-100% full)
@@ -79,7 +80,8 @@ def ask(q: QAItem, settings: Settings, run_scores, run_generate, prompt_tokens: 
     if settings.free_form:
         t1 = time.perf_counter()
         g = run_generate()
-        return Answer(q.correct_text(g.text), g.text, (t1 - t0) + g.ttft_s, context, prompt_tokens, detail or {})
+        detail = {**(detail or {}), "drift": drifted(g.text, q.candidates)}
+        return Answer(q.correct_text(g.text), g.text, (t1 - t0) + g.ttft_s, context, prompt_tokens, detail)
     scores = [float(s) for s in run_scores()]
     ttft = time.perf_counter() - t0
     best = max(range(len(scores)), key=scores.__getitem__)

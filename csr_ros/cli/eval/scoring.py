@@ -59,3 +59,9 @@ def says(text: str, answer: str) -> bool:
 def correct_text(text: str, answers: Sequence[str], rejects: Sequence[str]) -> bool:
     """An accepted answer said and no reject said."""
     return any(says(text, a) for a in answers) and not any(says(text, r) for r in rejects)
+
+
+def drifted(text: str, candidates: Sequence[str]) -> bool:
+    """The answer said none of the candidates (it went off the question: "The robot's next
+    action is ..."); counted as the drift rate of free-form answers."""
+    return not any(says(text, c) for c in candidates)
