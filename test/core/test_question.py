@@ -80,7 +80,7 @@ def test_intent_lines_per_kind():
     assert lines("How many times have you seen the red cup?")[1] == ["red cup location: seen 3 times"]
     assert lines("What is in the garage now?")[1] == ["in the garage now: red mug"]  # red cup moved on
     it, ls = lines("Is the front door open?")
-    assert it.kind == "attribute" and ls == ["front door state last seen: closed (at 20.0 s)"]
+    assert it.kind == "attribute" and ls == ["the front door is closed (state at 20.0 s)"]
     it, ls = lines("Where is the pink elephant?")
     assert it.never and ls == ["pink elephant: never seen"]
     assert mem.holders("Garage", ["location"]) == ["red_mug"] and "kitchen" in mem.place_values(["location"])
@@ -164,13 +164,24 @@ def test_closed_set_scores_each_candidate_in_its_own_frame():
     p = ctx.build(eng, "Where is the red cup now?", context="memory")
     assert p.frame == "The red cup is in the" and be.decode(list(p.ids)).endswith("The red cup is in the")
     assert "red cup location last seen: garage" in be.decode(list(p.ids))
-    ids, cands = A.framed_candidates(be, p, ["garage", "living room", "laundry room"])
+    ids, cands, combine = A.framed_scoring(be, p, ["garage", "living room", "laundry room"])
     assert ids == list(p.ids) and [be.decode(c) for c in cands] == [" garage", " living", " laundry"]
-    ids, cands = A.framed_candidates(be, p, ["garage", "kitchen", NEVER_SEEN])  # a "not seen" candidate
+    ids, cands, combine = A.framed_scoring(be, p, ["garage", "kitchen", NEVER_SEEN])  # a "not seen" candidate
     assert ids == list(p.base_ids) and not be.decode(ids).endswith("in the")
-    assert [be.decode(c) for c in cands] == ["The red cup is in the garage", "The red cup is in the kitchen", "I"]
+    seqs = [be.decode(c) for c in cands]
+    assert set(seqs) == {"The", "I", "The red cup is in the", "The red cup is in the garage",
+                         "The red cup is in the kitchen"}
+    # each candidate: log p(first word) + log p(its word after the frame); the frame between is forced
+    fake = {"The": -1.0, "I": -3.0, "The red cup is in the": -9.0, "The red cup is in the garage": -9.5,
+            "The red cup is in the kitchen": -12.0}
+    assert combine([fake[x] for x in seqs]) == [-1.5, -4.0, -3.0]
     lead = ctx.build(eng, "Where is the red cup now?", lead_in="It sits in the", context="memory")
     assert lead.frame == "It sits in the"  # a QA file's lead_in still wins
+
+
+def test_branch_points():
+    sent = [s.split() for s in ("The cup is in the garage", "The cup is in the living room", "I have not")]
+    assert A.branch_points(sent) == [[0, 5], [0, 5], [0]]
 
 
 def test_generated_answer_starts_with_the_frame_and_never_seen_is_said():

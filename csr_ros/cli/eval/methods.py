@@ -282,7 +282,8 @@ class FreshMethod:
         prompt = answers.AnswerPrompt(self.name, tuple(ids), Focus((), ()), (), frame, tuple(base), intent)
 
         def scores():
-            return be.new_state().score(*answers.framed_candidates(be, prompt, q.candidates))
+            ids, seqs, combine = answers.framed_scoring(be, prompt, q.candidates)
+            return combine(be.new_state().score(ids, seqs))
 
         def gen():
             return _generate_fresh(be, prompt, self.settings.max_new_tokens)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from csr_ros.core.state.focus import Focus, FocusMatcher, normalise
 from csr_ros.core.state.ledger import Increment
@@ -150,37 +150,79 @@ def distinguishing_words(sentences: Sequence[Sequence[str]]) -> list[int]:
     return out
 
 
-def framed_candidates(backend, prompt: AnswerPrompt, candidates: Sequence[str]) -> tuple[list[int], list[list[int]]]:
-    """``(prompt ids, candidate ids)`` of closed-set scoring with the candidates in their frames.
+def branch_points(sentences: Sequence[Sequence[str]]) -> list[list[int]]:
+    """Per sentence (a word list), the word positions where it parts from another sentence: the
+    positions ``j`` (up to its first distinguishing word) at which the sentences sharing its
+    first ``j`` words do not all go on with the same word."""
+    cut = distinguishing_words(sentences)
+    out = []
+    for w, k in zip(sentences, cut):
+        points = []
+        for j in range(k):
+            nxt = {tuple(o[j:j + 1]) for o in sentences if list(o[:j]) == list(w[:j])}
+            if len(nxt) > 1:
+                points.append(j)
+        out.append(points or [k - 1])
+    return out
+
+
+def _group_score(backend, sentences: Sequence[Sequence[str]]) -> tuple[list[list[int]], Callable]:
+    """Sequences to score (token ids, from the answer turn's start) and a function of their
+    scores -> each sentence's score: the sum, over its branch points, of the log-probability of
+    the word it takes there given the words before (the words between branch points are the
+    frame: forced, not scored)."""
+    points = branch_points(sentences)
+    prefixes: dict[tuple[str, ...], int] = {}
+    for w, ps in zip(sentences, points):
+        for j in ps:
+            for n in (j, j + 1):
+                if n and tuple(w[:n]) not in prefixes:
+                    prefixes[tuple(w[:n])] = len(prefixes)
+    seqs = [backend.encode(" ".join(p)) for p in prefixes]
+
+    def combine(scores: Sequence[float]) -> list[float]:
+        def s(n_words: tuple[str, ...]) -> float:
+            return float(scores[prefixes[n_words]]) if n_words else 0.0
+
+        return [sum(s(tuple(w[:j + 1])) - s(tuple(w[:j])) for j in ps) for w, ps in zip(sentences, points)]
+
+    return seqs, combine
+
+
+def framed_scoring(backend, prompt: AnswerPrompt, candidates: Sequence[str]) -> tuple[list[int], list[list[int]], Callable]:
+    """``(prompt ids, sequences, combine)`` of closed-set scoring with the candidates in their
+    frames: ``combine(score(prompt ids, sequences))`` is one score per candidate.
 
     Each candidate is read as the answer sentence it makes: the prompt's frame + the candidate,
-    or, for a "not seen" candidate, the sentence "I have not seen ..." (its own frame). Each is
-    cut after its first distinguishing word (the shortest word prefix no other candidate's
-    sentence shares), so a candidate's score is the log-probability of a prefix that only it
-    has: the events are disjoint and candidates of different lengths ("garage" / "living room",
-    "7 times" / "I have not seen it") compare fairly; the words after it add nothing. When every
-    candidate shares the frame, the frame stays in the prompt (``prompt.ids``) and only the
-    candidate words are scored (the same comparison, fewer tokens).
+    or, for a "not seen" candidate, "I have not seen ..." (its own frame). Candidates are
+    compared by their **first distinguishing words**: a candidate's score sums, over the points
+    where its sentence parts from others, the log-probability of the word it takes there ("The"
+    against "I" at the start, then "garage" against "living" after "The red cup is in the"); the
+    frame words between are forced and the words after its first distinguishing word add
+    nothing, so candidates of different lengths ("garage" / "living room", "7 times" / "I have
+    not seen it") compare fairly. When every candidate shares the frame, the frame stays in the
+    prompt (``prompt.ids``) and only the candidate words are scored (one branch point).
     """
     never = [is_never_candidate(c) for c in candidates]
     frame_words = prompt.frame.split()
     sentences = [prompt.never_frame.split() if nv else frame_words + c.split() for c, nv in zip(candidates, never)]
-    cut = distinguishing_words(sentences)
     if not any(never) or not prompt.frame:
-        n = len(frame_words)
-        return list(prompt.ids), [backend.encode(" " + " ".join(w[n:max(k, n + 1)])) for w, k in zip(sentences, cut)]
+        cut, n = distinguishing_words(sentences), len(frame_words)
+        seqs = [backend.encode(" " + " ".join(w[n:max(k, n + 1)])) for w, k in zip(sentences, cut)]
+        return list(prompt.ids), seqs, lambda scores: [float(x) for x in scores]
     base = list(prompt.base_ids if prompt.base_ids is not None else prompt.ids)
-    return base, [backend.encode(" ".join(w[:k])) for w, k in zip(sentences, cut)]
+    seqs, combine = _group_score(backend, sentences)
+    return base, seqs, combine
 
 
 def score(engine, prompt: AnswerPrompt, candidates: Sequence[str]) -> list[float]:
     """Log-likelihood of each candidate in its frame after the context (one batched forward;
-    see :func:`framed_candidates`)."""
-    ids, cands = framed_candidates(engine.backend, prompt, candidates)
+    see :func:`framed_scoring`)."""
+    ids, seqs, combine = framed_scoring(engine.backend, prompt, candidates)
     if prompt.context == "state":
         engine.flush()
-        return engine.kv.score(ids, cands)
-    return engine.backend.new_state().score(ids, cands)
+        return combine(engine.kv.score(ids, seqs))
+    return combine(engine.backend.new_state().score(ids, seqs))
 
 
 @dataclass(frozen=True)

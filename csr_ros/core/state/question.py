@@ -242,7 +242,7 @@ def intent_lines(memory, intent: Intent, keys: Sequence[str], epoch_ns: int,
         red cup location last seen: bedroom (at 95.1 s)      where / when (the asked facet)
         red cup location: seen 7 times                       count
         in the kitchen now: blue mug, red cup                which
-        front door state last seen: closed (at 50.0 s)       attribute
+        the front door is closed (state at 50.0 s)           attribute
         pink elephant: never seen                            never seen
     """
     from csr_ros.core.state.focus import render_lines
@@ -253,8 +253,14 @@ def intent_lines(memory, intent: Intent, keys: Sequence[str], epoch_ns: int,
         held = [normalise(e) for e in memory.holders(intent.place, place_attributes)]
         return [f"in the {intent.place} now: {', '.join(held) if held else 'nothing seen'}"]
     place_keys = [k for k in keys if is_place_attribute(k.rpartition('.')[2], place_attributes)]
-    if intent.kind == "attribute":
-        return render_lines(memory, [k for k in keys if k not in place_keys], epoch_ns, ("last",))
+    if intent.kind == "attribute":  # worded like the frame ("The front door is"): the value follows it
+        out = []
+        for k in keys:
+            if k not in place_keys:
+                e, (entity, _, attribute) = memory.get(k), k.rpartition(".")
+                out.append(f"the {normalise(entity)} is {e.last.value} ({attribute} at "
+                           f"{(e.last.stamp_ns - epoch_ns) / 1e9:.1f} s)")
+        return out
     chosen = place_keys or list(keys)
     if intent.kind == "count":
         out = []
