@@ -3,6 +3,8 @@ free-form scorer (issue 19). Pure string work plus the fake backend: well under 
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from csr_ros.cli.eval.facets import measure
@@ -75,14 +77,16 @@ def test_intent_lines_per_kind():
         it, keys, _ = memory_intent(q, mem, m, CUES)
         return it, intent_lines(mem, it, keys, 0)
 
-    assert lines("Where is the red cup now?")[1] == ["red cup location last seen: bedroom (at 14.0 s)"]
-    assert lines("Where was the red cup first seen?")[1] == ["red cup location first seen: kitchen (at 1.0 s)"]
-    assert lines("How many times have you seen the red cup?")[1] == ["red cup location: seen 3 times"]
+    assert lines("Where is the red cup now?")[1] == ["red cup last seen in: bedroom (at 14.0 s)"]
+    assert lines("Where was the red cup first seen?")[1] == ["red cup first seen in: kitchen (at 1.0 s)"]
+    assert lines("When did you first see the red cup?")[1] == ["red cup first seen at: 1.0 s (in the kitchen)"]
+    assert lines("How many times have you seen the red cup?")[1] == ["red cup seen: 3 times"]
     assert lines("What is in the garage now?")[1] == ["in the garage now: red mug"]  # red cup moved on
     it, ls = lines("Is the front door open?")
-    assert it.kind == "attribute" and ls == ["the front door is closed (state at 20.0 s)"]
+    assert it.kind == "attribute" and ls == ["front door state: closed (at 20.0 s)"]
     it, ls = lines("Where is the pink elephant?")
-    assert it.never and ls == ["pink elephant: never seen"]
+    assert it.never and ls == ["pink elephant last seen in: never seen"]
+    assert it.score_frame() == "pink elephant last seen in:"
     assert mem.holders("Garage", ["location"]) == ["red_mug"] and "kitchen" in mem.place_values(["location"])
 
 
@@ -163,10 +167,12 @@ def test_closed_set_scores_each_candidate_in_its_own_frame():
     ctx = A.AnswerContexts(load_config().memory)
     p = ctx.build(eng, "Where is the red cup now?", context="memory")
     assert p.frame == "The red cup is in the" and be.decode(list(p.ids)).endswith("The red cup is in the")
-    assert "red cup location last seen: garage" in be.decode(list(p.ids))
-    ids, cands, combine = A.framed_scoring(be, p, ["garage", "living room", "laundry room"])
-    assert ids == list(p.ids) and [be.decode(c) for c in cands] == [" garage", " living", " laundry"]
-    ids, cands, combine = A.framed_scoring(be, p, ["garage", "kitchen", NEVER_SEEN])  # a "not seen" candidate
+    assert "red cup last seen in: garage" in be.decode(list(p.ids))
+    ids, cands, _ = A.framed_scoring(be, p, ["garage", "living room", NEVER_SEEN])  # no lead-in: the key frame
+    assert be.decode(ids).endswith("red cup last seen in:") and [be.decode(c) for c in cands] == [
+        " garage", " living", " never"]
+    p = ctx.build(eng, "Where is the red cup now?", lead_in="The red cup is in the", context="memory")
+    ids, cands, combine = A.framed_scoring(be, p, ["garage", "kitchen", NEVER_SEEN])  # a lead-in + "not seen"
     assert ids == list(p.base_ids) and not be.decode(ids).endswith("in the")
     seqs = [be.decode(c) for c in cands]
     assert set(seqs) == {"The", "I", "The red cup is in the", "The red cup is in the garage",
@@ -174,7 +180,8 @@ def test_closed_set_scores_each_candidate_in_its_own_frame():
     # each candidate: log p(first word) + log p(its word after the frame); the frame between is forced
     fake = {"The": -1.0, "I": -3.0, "The red cup is in the": -9.0, "The red cup is in the garage": -9.5,
             "The red cup is in the kitchen": -12.0}
-    assert combine([fake[x] for x in seqs]) == [-1.5, -4.0, -3.0]
+    got = combine([fake[x] for x in seqs])  # renormalised at each branch: a distribution over the set
+    assert sum(math.exp(x) for x in got) == pytest.approx(1.0) and got[0] > got[2] > got[1]
     lead = ctx.build(eng, "Where is the red cup now?", lead_in="It sits in the", context="memory")
     assert lead.frame == "It sits in the"  # a QA file's lead_in still wins
 
@@ -190,7 +197,7 @@ def test_generated_answer_starts_with_the_frame_and_never_seen_is_said():
     g = A.generate(eng, ctx.build(eng, "Where is the red cup now?", context="memory"), 4)
     assert g.text.startswith("The red cup is in the")
     p = ctx.build(eng, "Where is the pink elephant?", context="memory")
-    assert p.frame == "I have not seen the pink elephant" and "pink elephant: never seen" in p.focus.lines
+    assert p.frame == "I have not seen the pink elephant" and "pink elephant last seen in: never seen" in p.focus.lines
     assert correct_text(A.generate(eng, p, 2).text, [NEVER_SEEN], ["kitchen", "garage"])
     off = A.AnswerContexts(load_config({"memory.answer_frames": False}).memory)
     assert off.build(eng, "Where is the red cup now?", context="memory").frame == ""

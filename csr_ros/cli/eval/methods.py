@@ -272,6 +272,7 @@ class FreshMethod:
         h, be = self.history, self.history.backend
         intent = question_intent(q.question, self.chooser)
         frame = q.lead_in or (intent.frame() if self.frames else "")
+        score_frame = q.lead_in or (intent.score_frame() if self.frames else "")
         query = h.query_ids(q, frame)
         limit = self.settings.budget_tokens if self.name == "rag" else self.context_tokens
         reserve = len(query) + (self.settings.max_new_tokens if self.settings.free_form else 8)
@@ -279,7 +280,9 @@ class FreshMethod:
         context = list(h.prefix_ids) + [t for i in incs for t in i.token_ids]
         ids = context + query
         base = context + (h.query_ids(q) if frame else query)
-        prompt = answers.AnswerPrompt(self.name, tuple(ids), Focus((), ()), (), frame, tuple(base), intent)
+        scored = context + h.query_ids(q, score_frame) if score_frame != frame else ids
+        prompt = answers.AnswerPrompt(self.name, tuple(ids), Focus((), ()), (), frame, tuple(base), intent,
+                                      score_frame, tuple(scored))
 
         def scores():
             ids, seqs, combine = answers.framed_scoring(be, prompt, q.candidates)

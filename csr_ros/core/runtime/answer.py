@@ -29,6 +29,7 @@ appended first (state context only).
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -53,6 +54,8 @@ class AnswerPrompt:
         frame: the text that starts the answer (a lead-in, or derived from the question's
             intent); ``ids`` end with it, ``base_ids`` are the same prompt without it.
         intent: what the question asks (None: not classified).
+        score_frame, score_ids: what closed-set scoring continues (the intent's key frame
+            "red cup last seen in:", or the lead-in) and the prompt ending with it.
     """
 
     context: str
@@ -62,6 +65,8 @@ class AnswerPrompt:
     frame: str = ""
     base_ids: tuple[int, ...] | None = None
     intent: Intent | None = None
+    score_frame: str = ""
+    score_ids: tuple[int, ...] | None = None
 
     @property
     def never_frame(self) -> str:
@@ -102,9 +107,10 @@ def state_query_ids(engine, question: str, focus: Focus, lead_in: str = "") -> l
 
 
 def memory_prompt_ids(engine, question: str, focus: Focus, lead_in: str = "",
-                      recent: Sequence[Increment] = ()) -> list[int]:
+                      recent: Sequence[Increment] = (), lines_in_answer: bool = False) -> list[int]:
     """System prefix + the newest increments naming the entities + focus lines + question
-    (``template.query`` with the lines before the question).
+    (``template.query`` with the lines before the question; ``lines_in_answer``: after it, at
+    the start of the answer turn, as in the state context).
 
     The increments keep the token ids they were rendered with when accepted (times relative to
     the state's epoch), so nothing is re-rendered.
@@ -112,24 +118,37 @@ def memory_prompt_ids(engine, question: str, focus: Focus, lead_in: str = "",
     ids = list(engine.ledger.prefix_ids)
     for inc in recent:
         ids.extend(inc.token_ids)
+    if lines_in_answer:
+        return ids + engine.backend.encode(state_query_text(engine.template, question, focus.lines, lead_in))
     return ids + engine.query_ids(question, lead_in, list(focus.lines))
 
 
 def build(engine, question: str, focus: Focus, context: str = "state", lead_in: str = "",
-          recent_increments: int = 0, intent: Intent | None = None) -> AnswerPrompt:
+          recent_increments: int = 0, intent: Intent | None = None, score_frame: str | None = None) -> AnswerPrompt:
     """The answer context ``context`` for ``question`` (see the module doc); the answer starts
-    with ``lead_in`` (the frame)."""
-    if context == "state":
-        ids = tuple(state_query_ids(engine, question, focus, lead_in))
-        base = tuple(state_query_ids(engine, question, focus)) if lead_in else ids
-        return AnswerPrompt("state", ids, focus, (), lead_in, base, intent)
-    if context != "memory":
+    with ``lead_in`` (the frame); closed-set scoring continues ``score_frame`` (default: the
+    same frame)."""
+    if context not in CONTEXTS:
         raise ValueError(f"unknown answer context {context!r}; use one of {CONTEXTS}")
-    pool = list(engine.ledger.increments) + list(engine.pending)
-    recent = recent_naming(pool, focus.entities, recent_increments)
-    ids = tuple(memory_prompt_ids(engine, question, focus, lead_in, recent))
-    base = tuple(memory_prompt_ids(engine, question, focus, "", recent)) if lead_in else ids
-    return AnswerPrompt("memory", ids, focus, tuple(i.seq for i in recent), lead_in, base, intent)
+    recent: list[Increment] = []
+    if context == "memory":
+        pool = list(engine.ledger.increments) + list(engine.pending)
+        recent = recent_naming(pool, focus.entities, recent_increments)
+    # an attribute question ("Is the front door open?") names a value itself: its fact goes
+    # last, right before the answer, or the model copies the question's word
+    late = intent is not None and intent.kind == "attribute"
+
+    def ids_with(frame: str) -> tuple[int, ...]:
+        if context == "state":
+            return tuple(state_query_ids(engine, question, focus, frame))
+        return tuple(memory_prompt_ids(engine, question, focus, frame, recent, late))
+
+    ids = ids_with(lead_in)
+    base = ids_with("") if lead_in else ids
+    score_frame = lead_in if score_frame is None else score_frame
+    score_ids = ids if score_frame == lead_in else (ids_with(score_frame) if score_frame else base)
+    return AnswerPrompt(context, ids, focus, tuple(i.seq for i in recent), lead_in, base, intent,
+                        score_frame, score_ids)
 
 
 def candidate_ids(backend, candidates: Sequence[str]) -> list[list[int]]:
@@ -169,8 +188,10 @@ def branch_points(sentences: Sequence[Sequence[str]]) -> list[list[int]]:
 def _group_score(backend, sentences: Sequence[Sequence[str]]) -> tuple[list[list[int]], Callable]:
     """Sequences to score (token ids, from the answer turn's start) and a function of their
     scores -> each sentence's score: the sum, over its branch points, of the log-probability of
-    the word it takes there given the words before (the words between branch points are the
-    frame: forced, not scored)."""
+    the word it takes there given the words before, renormalised over the words the candidates
+    take there (the words between branch points are the frame: forced, not scored). The scores
+    are then log-probabilities of a distribution over the closed set: the model's own choice at
+    each point where the candidates part."""
     points = branch_points(sentences)
     prefixes: dict[tuple[str, ...], int] = {}
     for w, ps in zip(sentences, points):
@@ -181,10 +202,19 @@ def _group_score(backend, sentences: Sequence[Sequence[str]]) -> tuple[list[list
     seqs = [backend.encode(" ".join(p)) for p in prefixes]
 
     def combine(scores: Sequence[float]) -> list[float]:
-        def s(n_words: tuple[str, ...]) -> float:
-            return float(scores[prefixes[n_words]]) if n_words else 0.0
+        def s(words: tuple[str, ...]) -> float:
+            return float(scores[prefixes[words]]) if words else 0.0
 
-        return [sum(s(tuple(w[:j + 1])) - s(tuple(w[:j])) for j in ps) for w, ps in zip(sentences, points)]
+        out = []
+        for w, ps in zip(sentences, points):
+            total = 0.0
+            for j in ps:  # log p(its word | prefix), renormalised over the words taken there
+                alts = {tuple(o[:j + 1]) for o in sentences if list(o[:j]) == list(w[:j]) and len(o) > j}
+                lps = [s(a) - s(tuple(w[:j])) for a in alts]
+                top = max(lps)
+                total += s(tuple(w[:j + 1])) - s(tuple(w[:j])) - (top + math.log(sum(math.exp(x - top) for x in lps)))
+            out.append(total)
+        return out
 
     return seqs, combine
 
@@ -193,17 +223,25 @@ def framed_scoring(backend, prompt: AnswerPrompt, candidates: Sequence[str]) -> 
     """``(prompt ids, sequences, combine)`` of closed-set scoring with the candidates in their
     frames: ``combine(score(prompt ids, sequences))`` is one score per candidate.
 
-    Each candidate is read as the answer sentence it makes: the prompt's frame + the candidate,
+    Without a lead-in, every candidate continues the intent's key frame ("red cup last seen in:"
+    + " bedroom" / " never seen": the "not seen" candidate reads "never seen", as the memory line
+    of a never-seen thing does), cut after its first distinguishing word. After a hand-written
+    lead-in, each candidate is read as the answer sentence it makes: the lead-in + the candidate,
     or, for a "not seen" candidate, "I have not seen ..." (its own frame). Candidates are
     compared by their **first distinguishing words**: a candidate's score sums, over the points
-    where its sentence parts from others, the log-probability of the word it takes there ("The"
-    against "I" at the start, then "garage" against "living" after "The red cup is in the"); the
-    frame words between are forced and the words after its first distinguishing word add
-    nothing, so candidates of different lengths ("garage" / "living room", "7 times" / "I have
-    not seen it") compare fairly. When every candidate shares the frame, the frame stays in the
+    where its sentence parts from others, the log-probability of the word it takes there,
+    renormalised over the candidates' words at that point ("The" against "I" at the start, then
+    "garage" against "living" after "The red cup is in the"); the frame words between are forced
+    and the words after its first distinguishing word add nothing, so candidates of different
+    lengths ("garage" / "living room", "7 times" / "I have not seen it") compare fairly. When every candidate shares the frame, the frame stays in the
     prompt (``prompt.ids``) and only the candidate words are scored (one branch point).
     """
     never = [is_never_candidate(c) for c in candidates]
+    if prompt.score_ids is not None and prompt.score_frame != prompt.frame:  # the intent's key frame
+        words = [["never", "seen"] if nv else c.split() for c, nv in zip(candidates, never)]
+        cut = distinguishing_words(words)
+        seqs = [backend.encode(" " + " ".join(w[:k])) for w, k in zip(words, cut)]
+        return list(prompt.score_ids), seqs, lambda scores: [float(x) for x in scores]
     frame_words = prompt.frame.split()
     sentences = [prompt.never_frame.split() if nv else frame_words + c.split() for c, nv in zip(candidates, never)]
     if not any(never) or not prompt.frame:
@@ -305,5 +343,7 @@ class AnswerContexts:
         with the intent's frame (``memory.answer_frames``)."""
         ctx = context or self.cfg.answer_context
         intent, focus = self.understand(engine, question, force=ctx == "memory")
-        frame = lead_in or (intent.frame() if getattr(self.cfg, "answer_frames", True) else "")
-        return build(engine, question, focus, ctx, frame, self.cfg.recent_increments, intent)
+        frames = getattr(self.cfg, "answer_frames", True)
+        frame = lead_in or (intent.frame() if frames else "")
+        score_frame = lead_in or (intent.score_frame() if frames else "")
+        return build(engine, question, focus, ctx, frame, self.cfg.recent_increments, intent, score_frame)

@@ -38,7 +38,8 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from csr_ros.core.state.focus import normalise
+from csr_ros.core.state.entity_memory import clean_value
+from csr_ros.core.state.focus import _cue_rx, normalise
 
 Similarity = Callable[[str, Sequence[str]], Sequence[float]]
 
@@ -103,6 +104,7 @@ class Intent:
         place: which: the place asked about; else "".
         never: the memory holds nothing about the subject (where / when / count only).
         facet_by: cue | similarity | default (how the facet was decided).
+        attribute: attribute kind: the attribute asked about ("state").
     """
 
     kind: str
@@ -111,6 +113,28 @@ class Intent:
     place: str = ""
     never: bool = False
     facet_by: str = "default"
+    attribute: str = "state"
+
+    def key(self) -> str:
+        """The label of the fact a question asks for, as its memory line starts ("red cup last
+        seen in", "red cup first seen at", "red cup seen", "in the kitchen now", "front door
+        state"); "" when nothing is named. Closed-set scoring continues ``key + ":"``, so every
+        candidate, "never seen" included, competes at the same word, right where the memory
+        line puts the value."""
+        s = self.subject
+        if self.kind == "which":
+            return f"in the {self.place} now"
+        if not s:
+            return ""
+        if self.kind == "attribute":
+            return f"{s} {self.attribute}"
+        if self.kind == "count":
+            return f"{s} seen"
+        return f"{s} {'first' if self.facet == 'first' else 'last'} seen {'at' if self.kind == 'when' else 'in'}"
+
+    def score_frame(self) -> str:
+        """The frame closed-set candidates are scored after ("red cup last seen in:")."""
+        return f"{self.key()}:" if self.key() else ""
 
     def frame(self) -> str:
         """The start of the answer (see the module table); its candidates follow after a space."""
@@ -134,15 +158,8 @@ class Intent:
         return f"{the[0].upper()}{the[1:]} {be} in the"
 
     def never_frame(self) -> str:
-        """The sentence a "not seen" candidate is scored as."""
+        """The sentence a "not seen" candidate is scored as after a hand-written lead-in."""
         return f"I have not seen {'the ' + self.subject if self.subject else 'it'}"
-
-
-def _cue_rx(cues: Sequence[str]) -> re.Pattern | None:
-    words = [w for w in map(normalise, cues) if w]
-    if not words:
-        return None
-    return re.compile(r"(?<![0-9a-z])(?:" + "|".join(re.escape(w) for w in words) + r")(?![0-9a-z])")
 
 
 class FacetChooser:
@@ -232,41 +249,45 @@ def memory_intent(question: str, memory, matcher, chooser: FacetChooser,
     keys = by_entity.get(entity, []) if entity else []
     attributes = [k.rpartition(".")[2] for k in keys]
     places = memory.place_values(place_attributes)
-    return classify(question, entity, attributes, places, chooser, place_attributes), keys, matches[:1]
+    it = classify(question, entity, attributes, places, chooser, place_attributes)
+    if it.kind == "attribute":
+        other = [a for a in attributes if not is_place_attribute(a, place_attributes)]
+        it = Intent(it.kind, it.facet, it.subject, it.place, it.never, it.facet_by, other[0] if other else "state")
+    return it, keys, matches[:1]
 
 
 def intent_lines(memory, intent: Intent, keys: Sequence[str], epoch_ns: int,
                  place_attributes: Sequence[str] = PLACE_ATTRIBUTES) -> list[str]:
-    """The memory lines a question of this intent is answered from (one fact per line)::
+    """The memory lines a question of this intent is answered from, one fact per line, each
+    labelled with the intent's :meth:`Intent.key` (what closed-set scoring continues)::
 
-        red cup location last seen: bedroom (at 95.1 s)      where / when (the asked facet)
-        red cup location: seen 7 times                       count
-        in the kitchen now: blue mug, red cup                which
-        the front door is closed (state at 50.0 s)           attribute
-        pink elephant: never seen                            never seen
+        red cup last seen in: bedroom (at 95.1 s)        where (the asked facet)
+        red cup first seen at: 12.3 s (in the kitchen)   when
+        red cup seen: 7 times                            count
+        in the kitchen now: blue mug, red cup            which
+        front door state: closed (at 50.0 s)             attribute
+        pink elephant last seen in: never seen           never seen
     """
-    from csr_ros.core.state.focus import render_lines
-
+    key = intent.key()
     if intent.never:
-        return [f"{intent.subject or 'it'}: never seen"]
+        return [f"{key or intent.subject or 'it'}: never seen"]
     if intent.kind == "which":
         held = [normalise(e) for e in memory.holders(intent.place, place_attributes)]
-        return [f"in the {intent.place} now: {', '.join(held) if held else 'nothing seen'}"]
+        return [f"{key}: {', '.join(held) if held else 'nothing seen'}"]
     place_keys = [k for k in keys if is_place_attribute(k.rpartition('.')[2], place_attributes)]
-    if intent.kind == "attribute":  # worded like the frame ("The front door is"): the value follows it
-        out = []
-        for k in keys:
-            if k not in place_keys:
-                e, (entity, _, attribute) = memory.get(k), k.rpartition(".")
-                out.append(f"the {normalise(entity)} is {e.last.value} ({attribute} at "
-                           f"{(e.last.stamp_ns - epoch_ns) / 1e9:.1f} s)")
-        return out
-    chosen = place_keys or list(keys)
-    if intent.kind == "count":
-        out = []
-        for k in chosen:
-            e = memory.get(k)
-            entity, _, attribute = k.rpartition(".")
-            out.append(f"{normalise(entity)} {attribute}: seen {e.count} {'time' if e.count == 1 else 'times'}")
-        return out
-    return render_lines(memory, chosen, epoch_ns, (intent.facet,))
+    chosen = [k for k in keys if k not in place_keys] if intent.kind == "attribute" else (place_keys or list(keys))
+    out = []
+    for k in chosen:
+        e = memory.get(k)
+        if e is None:
+            continue
+        obs = e.first if intent.facet == "first" else e.last
+        t = f"{(obs.stamp_ns - epoch_ns) / 1e9:.1f} s"
+        value = clean_value(obs.value, memory.max_value_chars)
+        if intent.kind == "count":
+            out.append(f"{key}: {e.count} {'time' if e.count == 1 else 'times'}")
+        elif intent.kind == "when":
+            out.append(f"{key}: {t} (in the {value})")
+        else:
+            out.append(f"{key}: {value} (at {t})")
+    return out
