@@ -208,3 +208,13 @@ def test_unfocused_answers_get_a_frame_from_the_question_alone():
     ctx = A.AnswerContexts(load_config({"memory.focus_enabled": False}).memory)
     p = ctx.build(eng, "Where is the pink elephant?", context="state")
     assert p.frame == "The pink elephant is in the" and p.focus.lines == ()  # no memory fact leaks in
+
+
+def test_a_named_place_wins_over_a_merely_similar_entity():
+    mem = _memory()
+    mem.observe(_inc(9, 30, [("garage door", "state", "open")]))
+    sim = FocusMatcher(lambda q, es: [0.9 if e == "garage door" else 0.0 for e in es])  # MiniLM-like
+    it, keys, _ = memory_intent("Which object is in the garage now?", mem, sim, CUES)
+    assert (it.kind, it.place, keys) == ("which", "garage", [])
+    it, keys, _ = memory_intent("Is the garage door open?", mem, sim, CUES)
+    assert it.kind == "attribute" and keys == ["garage door.state"]

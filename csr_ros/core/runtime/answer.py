@@ -134,9 +134,7 @@ def build(engine, question: str, focus: Focus, context: str = "state", lead_in: 
     if context == "memory":
         pool = list(engine.ledger.increments) + list(engine.pending)
         recent = recent_naming(pool, focus.entities, recent_increments)
-    # an attribute question ("Is the front door open?") names a value itself: its fact goes
-    # last, right before the answer, or the model copies the question's word
-    late = intent is not None and intent.kind == "attribute"
+    late = False  # the memory context: lines before the question (see the module doc)
 
     def ids_with(frame: str) -> tuple[int, ...]:
         if context == "state":

@@ -193,6 +193,12 @@ class FacetChooser:
         return "last", "default"
 
 
+def _names_place(question: str, places: Sequence[str]) -> list[str]:
+    """The places (whole words, normalised) a question names."""
+    nq = normalise(question)
+    return [p for p in places if normalise(p) and re.search(r"(?<![0-9a-z])" + re.escape(normalise(p)) + r"(?![0-9a-z])", nq)]
+
+
 def classify(question: str, entity: str | None, attributes: Sequence[str], places: Sequence[str],
              chooser: FacetChooser, place_attributes: Sequence[str] = PLACE_ATTRIBUTES) -> Intent:
     """The intent of ``question``.
@@ -213,7 +219,7 @@ def classify(question: str, entity: str | None, attributes: Sequence[str], place
     if entity is not None and attributes and not any(is_place_attribute(a, place_attributes) for a in attributes):
         return Intent("attribute", "last", subject)
     if entity is None:
-        named = [p for p in places if re.search(r"(?<![0-9a-z])" + re.escape(normalise(p)) + r"(?![0-9a-z])", nq)]
+        named = _names_place(question, places)
         if named:
             return Intent("which", "last", "", max(named, key=len))
     facet, how = chooser.choose(question, subject)
@@ -245,10 +251,12 @@ def memory_intent(question: str, memory, matcher, chooser: FacetChooser,
 
     by_entity = entity_keys(memory)
     matches = matcher.match(question, list(by_entity))
+    places = memory.place_values(place_attributes)
+    if matches and matches[0].how == "similar" and _names_place(question, places):
+        matches = []  # "what is in the garage?" names a place, not the similar "garage door"
     entity = matches[0].entity if matches else None
     keys = by_entity.get(entity, []) if entity else []
     attributes = [k.rpartition(".")[2] for k in keys]
-    places = memory.place_values(place_attributes)
     it = classify(question, entity, attributes, places, chooser, place_attributes)
     if it.kind == "attribute":
         other = [a for a in attributes if not is_place_attribute(a, place_attributes)]
