@@ -342,20 +342,21 @@ class LedgerStore:
     def archive(self) -> Path:
         """Keep the ledger file under a new name (``ledger.<UTC time>.csrl``; never overwritten,
         never deleted) and start a new, empty one in its place (:meth:`begin` must follow).
-        Returns the archive's path."""
+        Returns the archive's path. Raises ValueError when the store is closed, OSError when
+        the disk refuses the rename (the old file then stays in place, closed)."""
         with self._lock:
-            if self._fd < 0:
+            old = self._log
+            if old.closed:
                 raise ValueError(f"ledger store {self.path} is closed")
-            if self.fsync != "never":
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            old.close()  # synced (held records written if the disk takes them)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             dest, n = self.dir / f"ledger.{stamp}.csrl", 1
             while dest.exists():
                 dest, n = self.dir / f"ledger.{stamp}.{n}.csrl", n + 1
             os.rename(self.path, dest)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._log = AppendLog(self.path, 0, old.ops, old.fsync, old.batch_period_s, old.clock,
+                                  old.backlog_max, old.retry_period_s)
+            self._log.counters = dataclasses.replace(old.counters, backlog_records=0)  # cumulative
             self._fsync_dir()
             self._restored, self._has_header, self._epoch_written = None, False, False
         return dest
