@@ -24,8 +24,15 @@ def _rss_mib() -> float:
 
 
 def _engine_answer(node, question: str):
+    """The engine's own greedy decode of the same answer prompt (one branch, no batching)."""
+    from csr_ros.core.runtime.answer import AnswerPrompt, generate
+
     sched = node.scheduler
-    return sched.calls.submit(lambda: sched.engine.query(question, 16)).result(timeout=120)
+
+    def alone():
+        p = sched.language.prompt_ids(question)
+        return generate(sched.engine, p, 16) if isinstance(p, AnswerPrompt) else sched.engine.query(question, 16)
+    return sched.calls.submit(alone).result(timeout=120)
 
 
 def test_real_model_lifecycle_same_answers_and_memory_back_after_cleanup(ros_domain_id, tmp_path):
