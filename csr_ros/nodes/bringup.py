@@ -11,7 +11,8 @@ One process, one private rclpy Context, three nodes (two of them share the model
   csr-action-executor          SingleThreadedExecutor with node           no
                                `csr_actions`: action timer ->
                                chunk_for_publish (never waits on the model,
-                               never queues behind inputs)
+                               never queues behind inputs); the process's
+                               only /clock subscription (sim_clock.py)
   csr-inference-executor       MultiThreadedExecutor(ros.executor_threads) no
                                with node `csr` and its callback groups:
       perception (MutuallyExclusive)  perception subscriptions -> submit_increment
@@ -53,6 +54,7 @@ from csr_ros.core.model.device import set_thread_budget
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.reconciler_node import ReconcilerNode
+from csr_ros.nodes.sim_clock import on_jump_back, share_clock
 
 JOIN_TIMEOUT_S = 30.0
 GIL_SWITCH_INTERVAL_S = 0.001
@@ -195,6 +197,10 @@ class Graph:
                                                   self.node.use_sim_time)
             self.reconciler_executor = SingleThreadedExecutor(context=context)
             self.reconciler_executor.add_node(self.reconciler_node)
+        # one /clock subscription (the action clock's executor) sets every clock (sim_clock.py)
+        share_clock(self.action_node, self.node, *filter(None, [self.reconciler_node]))
+        self._jump_handle = on_jump_back(self.node, self.core.scheduler.frame_period_ns,
+                                         self.core.scheduler.check_clock)
         self.threads = {
             "csr-action-executor": threading.Thread(target=self._spin, args=(self.action_executor,)),
             "csr-inference-executor": threading.Thread(target=self._spin, args=(self.inference_executor,)),
