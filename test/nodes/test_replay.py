@@ -124,8 +124,16 @@ def test_replay_loop_can_rewind_the_clock_like_a_bag_loop(ros_context, tmp_path)
     try:
         _wait_matched(player, "/clock")
         halt = threading.Event()
-        threading.Timer(0.7, halt.set).start()
-        stats = Replayer(player, str(tmp_path / "bag"), clock=True, loop=True, rewind_clock=True).run(halt)
+        rep = Replayer(player, str(tmp_path / "bag"), clock=True, loop=True, rewind_clock=True)
+
+        def halt_after_two_passes():  # by passes, not by time: a loaded machine plays slower
+            end = time.monotonic() + 30.0
+            while rep.stats.passes < 2 and time.monotonic() < end:
+                time.sleep(0.01)
+            halt.set()
+
+        threading.Thread(target=halt_after_two_passes, daemon=True).start()
+        stats = rep.run(halt)
         time.sleep(0.2)
     finally:
         stop.set()
