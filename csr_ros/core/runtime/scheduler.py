@@ -16,6 +16,10 @@ Threads (the ROS node wires them):
   While answers are open, the policy's closed-set scoring rides in the frame's first language
   step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
 
+Lifecycle (:meth:`FrameScheduler.set_serving`): not serving = no decisions, no new questions,
+increments still appended and recorded. :meth:`~FrameScheduler.cancel` ends a request at the
+next frame. ``calls.submit(fn)`` runs ``fn`` on the worker at the next frame start.
+
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
 When there is no valid chunk (before the first decision, a policy that fell behind, a model
@@ -42,7 +46,6 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
@@ -53,6 +56,7 @@ from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
 from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
+from csr_ros.core.runtime.worker_calls import WorkerCalls
 from csr_ros.core.state.stamps import ClockJump, Timeline, on_clock, shift_facts
 
 __all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
@@ -101,8 +105,11 @@ class FrameScheduler:
         self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
         self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
         self._tlog = ThrottledLog(log, cfg.ros.reject_log_throttle_s)  # a fault or a flood: no log storm
-        self._asks: list[tuple[str, str, int]] = []
+        self._asks: list[tuple[str, str, int, int, str]] = []  # id, question, asked, max tokens, context
         self._active: set[str] = set()
+        self._cancels: dict[str, str] = {}  # request id -> stop reason, ended at the next frame
+        self.calls = WorkerCalls()  # run by the worker at each frame start (services, scorings)
+        self.serving = True  # lifecycle: False = inactive (no decisions, no answers; perception goes on)
         self._accepted: list[Increment] = []
         self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
         self._instruction = c.default_instruction
@@ -133,51 +140,71 @@ class FrameScheduler:
             log.warning("observation stamps of %s are more than %.1f s from the node's clock (a bag replayed "
                         "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
 
-    def ask(self, request_id: str, question: str) -> LanguageOut | None:
+    def ask(self, request_id: str, question: str, max_new_tokens: int = 0, context: str = "") -> LanguageOut | None:
         """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
-        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
+        (bad id or question, a duplicate open id, ``language.max_open_requests`` reached, or not
+        serving). ``max_new_tokens`` (0: ``language.max_new_tokens``) and ``context`` ("state",
+        "memory"; "": ``memory.answer_context``) apply to this request only."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
         why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
         if why:
             rid = printable_id(rid, self.max_id_chars)
+        elif context not in ("", "state", "memory"):
+            why = f"unknown answer context {context[:32]!r} (state or memory)"
         with self._lock:
-            if not why and rid in self._active:
+            if not why and not self.serving:
+                why = "the node is not active (lifecycle)"
+            elif not why and rid in self._active:
                 why = f"request {rid!r} is already open"
             elif not why and len(self._active) >= self.max_open:
                 why = f"{len(self._active)} requests already open (language.max_open_requests)"
             if not why:
                 self._active.add(rid)
-                self._asks.append((rid, q, self.steady_ns()))
+                self._asks.append((rid, q, self.steady_ns(), max(0, int(max_new_tokens)), context))
                 return None
             self.counters.refused_requests += 1
-        return LanguageOut(rid, f"refused: {why}", True, "")
+        return LanguageOut(rid, f"refused: {why}", True, "", "refused")
 
-    def set_instruction(self, text: str) -> bool:
-        """The task the policy chooses actions for (empty: back to the configured default).
-        An instruction longer than ``language.max_question_chars`` or with control characters is
-        ignored (the previous one stays), counted and logged; returns False then."""
-        text = " ".join(str(text).split())
-        if len(text) > self.max_question_chars or has_control_chars(text):
-            with self._lock:
-                self.counters.instructions_rejected += 1
-            self._tlog(logging.WARNING, "instruction", "instruction of %d characters ignored (too long or "
-                       "control characters)", len(text))
-            return False
+    def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
+        """End an open request at the next frame (branch freed; final = text so far + ``reason``)."""
         with self._lock:
-            self._instruction = text or self.cfg.control.default_instruction
-        return True
+            if request_id not in self._active:
+                return False
+            self._cancels.setdefault(request_id, reason)
+            return True
+
+    def set_serving(self, serving: bool, hold: bool = True) -> None:
+        """Lifecycle: serve (decide, answer) or not. Stopping arms the hold chunk (published once,
+        then nothing) and cancels every open request (``deactivated``)."""
+        now = self._now()  # outside the lock: a clock jump it reveals takes the lock
+        with self._lock:
+            if serving == self.serving:
+                return
+            self.serving = serving
+            if serving:
+                self._next_decision_ns = None  # decide at the next frame
+                return
+            self._chunk, self._hold = None, (self._hold_chunk(now) if hold else None)
+        self.cancel_all("deactivated")
+
+    def cancel_all(self, reason: str) -> int:
+        with self._lock:
+            for rid in self._active:
+                self._cancels.setdefault(rid, reason)
+            return len(self._active)
 
     # ------------------------------------------------------------------ the worker thread
     def run_frame(self) -> list[LanguageOut]:
         """One frame (see the module doc). Never raises for a model failure."""
         t0 = self._now()
+        self.calls.run()
         with self._lock:
             jumped, self._jumped = self._jumped, False
         if jumped:  # the old timeline's deadlines and observation stamps mean nothing now
             self._next_decision_ns, self._obs_stamp_ns = None, 0
         self._reconcile()
         self._append_pending()
-        due = self._policy_due(t0)
+        due = self.serving and self._policy_due(t0)
         with gate_of(self.engine.backend).hot():  # a CPU rebuild pauses for the policy and language
             rider = self._rider() if due else None
             if due and rider is None:
@@ -310,7 +337,7 @@ class FrameScheduler:
         self.counters.last_error = f"{type(e).__name__}: {e}"
         self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
         self._event(kind, error=self.counters.last_error)
-        if self._in_failure or not self.cfg.control.hold_on_failure:
+        if self._in_failure or not self.cfg.control.hold_on_failure or not self.serving:
             return
         self._in_failure = True
         hold = self._hold_chunk(self._now())
@@ -351,9 +378,17 @@ class FrameScheduler:
     def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
         with self._lock:
             asks, self._asks = self._asks, []
-        for rid, q, asked_ns in asks:
-            self.language.join(rid, q, asked_ns)
-        outs = self.language.advance(self.k, rider)
+            cancels, self._cancels = self._cancels, {}
+        outs = []
+        for rid, reason in cancels.items():  # before the step: a cancel ends within one frame
+            waiting = [a for a in asks if a[0] == rid]
+            for a in waiting:
+                asks.remove(a)
+            out = LanguageOut(rid, "", True, "", reason) if waiting else self.language.cancel(rid, reason)
+            outs += [out] if out is not None else []
+        for rid, q, asked_ns, max_new, context in asks:
+            self.language.join(rid, q, asked_ns, max_new, context)
+        outs += self.language.advance(self.k, rider)
         done = [o.request_id for o in outs if o.is_final]
         if done:
             with self._lock:
@@ -365,19 +400,22 @@ class FrameScheduler:
             self._events.append(SchedulerEvent(kind, detail))
 
     # ------------------------------------------------------------------ any thread
-    def chunk_for_publish(self, now_ns: int) -> ChunkOut:
+    def chunk_for_publish(self, now_ns: int) -> ChunkOut | None:
         """What the action publisher publishes at ``now_ns`` (never blocks on the model).
 
         The current chunk from the step due at ``now_ns`` on (time-shifted: ``stamp_ns`` moved by
         whole steps, earlier rows dropped); the hold chunk stamped ``now_ns`` when there is no
         valid one (none yet; past ``valid_until``: never a stale chunk; stamped more than its
         validity after ``now_ns``: from before a clock jump back), and the hold right after a
-        failure. Every hold counts one hold period (``holds_published``).
+        failure. Every hold counts one hold period (``holds_published``). Not serving
+        (lifecycle inactive): the hold armed at deactivation once, then None (silent).
         """
         with self._lock:
             hold, self._hold = self._hold, None
-            c = self._chunk
+            c, serving = self._chunk, self.serving
         out = self._shifted(c, now_ns) if hold is None else None
+        if out is None and hold is None and not serving:
+            return None
         if out is None:
             out = hold if hold is not None else self._hold_chunk(now_ns)
             with self._lock:
