@@ -21,21 +21,12 @@ increments still appended. ``calls.submit(fn)`` runs ``fn`` on the worker at a f
 
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
-When there is no valid chunk (before the first decision, a policy that fell behind, a model
-failure, a clock jump) the publisher gets the registry's hold chunk, ``is_hold`` set, stamped at
-its tick: every control period, so the action topic never goes silent while the node runs
-(counted in ``status().holds_published``, one per hold period). On a model failure the current
-chunk is cut at once (``control.hold_on_failure``) and the failure is counted, logged and
-reported in :meth:`~FrameScheduler.drain_events`; the loop keeps going.
-
-Clocks: ``clock_ns`` (ROS time; simulated under ``use_sim_time``) stamps chunks and
-observations and sets every deadline; it is read through a
-:class:`csr_ros.core.state.stamps.Timeline`, which detects a jump back (a simulator reset, a
-bag loop): the current chunk is dropped (hold until the next frame decides, at once), the
-decision grid restarts, a marker increment ``clock: ...`` records the new episode segment in
-the ledger, and observation stamps go on on the state's monotone timeline. Latencies (TTFT)
-are measured on ``steady_ns`` (monotonic), never on ROS time. Nothing here sleeps or waits on
-either clock: the worker paces frames (monotonic), the action timer ticks on ROS time.
+Without a valid chunk (none yet, the policy fell behind, a failure, a clock jump) the publisher
+gets the hold chunk (``is_hold``) every control period, counted in ``holds_published``; a model
+failure cuts the current chunk (``control.hold_on_failure``), is counted, logged and reported in
+:meth:`~FrameScheduler.drain_events`. ``clock_ns`` (ROS time) is read through a
+:class:`csr_ros.core.state.stamps.Timeline`: a jump back drops the chunk, restarts the decision
+grid and records a new episode segment (a ``clock`` increment). TTFT is on ``steady_ns``.
 """
 
 from __future__ import annotations
