@@ -26,6 +26,7 @@ from csr_ros.msg import ActionChunk
 from csr_ros.nodes import qos
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.sim_clock import on_jump_back, share_clock
+from harness import until as _until
 
 pytestmark = pytest.mark.nodes
 
@@ -33,13 +34,15 @@ RATE_HZ = 20.0
 S = 10**9
 
 
-def _until(cond, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
+def _teardown(loop, executors, threads, nodes) -> None:
+    if loop is not None:
+        loop.stop()
+    for e in executors:
+        e.shutdown(timeout_sec=5)
+    for t in threads:
+        t.join(5)
+    for n in nodes:
+        n.destroy_node()
 
 
 class SimClock:
@@ -109,14 +112,7 @@ def test_one_clock_subscription_drives_every_clock_and_a_jump_back_reaches_the_s
         del handle
     finally:
         clock.stop.set()
-        if loop is not None:
-            loop.stop()
-        for e in executors:
-            e.shutdown(timeout_sec=5)
-        for t in threads:
-            t.join(5)
-        for n in (probe, actions, main):
-            n.destroy_node()
+        _teardown(loop, executors, threads, (probe, actions, main))
 
 
 def test_a_policy_slower_than_the_chunk_validity_gets_a_chunk_published_every_tick(ros_context):
@@ -155,11 +151,4 @@ def test_a_policy_slower_than_the_chunk_validity_gets_a_chunk_published_every_ti
         assert sched.status().holds_published == len(holds)  # each hold period counted
         assert any(c.action == "wave" for c in chunks if not c.is_hold)  # and it still acts between
     finally:
-        if loop is not None:
-            loop.stop()
-        for e in executors:
-            e.shutdown(timeout_sec=5)
-        for t in threads:
-            t.join(5)
-        probe.destroy_node()
-        actions.destroy_node()
+        _teardown(loop, executors, threads, (probe, actions))
