@@ -16,6 +16,10 @@ Threads (the ROS node wires them):
   While answers are open, the policy's closed-set scoring rides in the frame's first language
   step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
 
+Lifecycle (:meth:`FrameScheduler.set_serving`): not serving = no decisions, no new questions,
+increments still appended and recorded. :meth:`~FrameScheduler.cancel` ends a request at the
+next frame. ``calls.submit(fn)`` runs ``fn`` on the worker at the next frame start.
+
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
 On a model failure the registry's hold chunk is published once and the failure is counted,
@@ -28,7 +32,6 @@ import dataclasses
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
@@ -39,6 +42,7 @@ from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
 from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
+from csr_ros.core.runtime.worker_calls import WorkerCalls
 from csr_ros.core.state.stamps import on_clock
 
 __all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
@@ -82,8 +86,11 @@ class FrameScheduler:
         self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
         self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
         self._tlog = ThrottledLog(log, cfg.ros.reject_log_throttle_s)  # a fault or a flood: no log storm
-        self._asks: list[tuple[str, str, int]] = []
+        self._asks: list[tuple[str, str, int, int, str]] = []  # id, question, asked, max tokens, context
         self._active: set[str] = set()
+        self._cancels: dict[str, str] = {}  # request id -> stop reason, ended at the next frame
+        self.calls = WorkerCalls()  # run by the worker at each frame start (services, scorings)
+        self.serving = True  # lifecycle: False = inactive (no decisions, no answers; perception goes on)
         self._accepted: list[Increment] = []
         self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
         self._instruction = c.default_instruction
@@ -112,47 +119,66 @@ class FrameScheduler:
             log.warning("observation stamps of %s are more than %.1f s from the node's clock (a bag replayed "
                         "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
 
-    def ask(self, request_id: str, question: str) -> LanguageOut | None:
+    def ask(self, request_id: str, question: str, max_new_tokens: int = 0, context: str = "") -> LanguageOut | None:
         """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
-        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
+        (bad id or question, a duplicate open id, ``language.max_open_requests`` reached, or not
+        serving). ``max_new_tokens`` (0: ``language.max_new_tokens``) and ``context`` ("state",
+        "memory"; "": ``memory.answer_context``) apply to this request only."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
         why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
         if why:
             rid = printable_id(rid, self.max_id_chars)
+        elif context not in ("", "state", "memory"):
+            why = f"unknown answer context {context[:32]!r} (state or memory)"
         with self._lock:
-            if not why and rid in self._active:
+            if not why and not self.serving:
+                why = "the node is not active (lifecycle)"
+            elif not why and rid in self._active:
                 why = f"request {rid!r} is already open"
             elif not why and len(self._active) >= self.max_open:
                 why = f"{len(self._active)} requests already open (language.max_open_requests)"
             if not why:
                 self._active.add(rid)
-                self._asks.append((rid, q, self.clock_ns()))
+                self._asks.append((rid, q, self.clock_ns(), max(0, int(max_new_tokens)), context))
                 return None
             self.counters.refused_requests += 1
-        return LanguageOut(rid, f"refused: {why}", True, "")
+        return LanguageOut(rid, f"refused: {why}", True, "", "refused")
 
-    def set_instruction(self, text: str) -> bool:
-        """The task the policy chooses actions for (empty: back to the configured default).
-        An instruction longer than ``language.max_question_chars`` or with control characters is
-        ignored (the previous one stays), counted and logged; returns False then."""
-        text = " ".join(str(text).split())
-        if len(text) > self.max_question_chars or has_control_chars(text):
-            with self._lock:
-                self.counters.instructions_rejected += 1
-            self._tlog(logging.WARNING, "instruction", "instruction of %d characters ignored (too long or "
-                       "control characters)", len(text))
-            return False
+    def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
+        """End an open request at the next frame (branch freed; final = text so far + ``reason``)."""
         with self._lock:
-            self._instruction = text or self.cfg.control.default_instruction
-        return True
+            if request_id not in self._active:
+                return False
+            self._cancels.setdefault(request_id, reason)
+            return True
+
+    def set_serving(self, serving: bool, hold: bool = True) -> None:
+        """Lifecycle: serve (decide, answer) or not. Stopping arms the hold chunk (published once,
+        then nothing) and cancels every open request (``deactivated``)."""
+        with self._lock:
+            if serving == self.serving:
+                return
+            self.serving = serving
+            if serving:
+                self._next_decision_ns = None  # decide at the next frame
+                return
+            self._chunk, self._hold = None, (self._hold_chunk() if hold else None)
+        self.cancel_all("deactivated")
+
+    def cancel_all(self, reason: str) -> int:
+        with self._lock:
+            for rid in self._active:
+                self._cancels.setdefault(rid, reason)
+            return len(self._active)
 
     # ------------------------------------------------------------------ the worker thread
     def run_frame(self) -> list[LanguageOut]:
         """One frame (see the module doc). Never raises for a model failure."""
         t0 = self.clock_ns()
+        self.calls.run()
         self._reconcile()
         self._append_pending()
-        due = self._policy_due(t0)
+        due = self.serving and self._policy_due(t0)
         with gate_of(self.engine.backend).hot():  # a CPU rebuild pauses for the policy and language
             rider = self._rider() if due else None
             if due and rider is None:
@@ -285,22 +311,34 @@ class FrameScheduler:
         self.counters.last_error = f"{type(e).__name__}: {e}"
         self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
         self._event(kind, error=self.counters.last_error)
-        if self._in_failure or not self.cfg.control.hold_on_failure:
+        if self._in_failure or not self.cfg.control.hold_on_failure or not self.serving:
             return
         self._in_failure = True
-        now = self.clock_ns()
-        hold = ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
-                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
-                        self.registry.hold_name, now + self.validity_ns, True)
+        hold = self._hold_chunk()
         with self._lock:
             self._chunk, self._hold = None, hold
+
+    def _hold_chunk(self) -> ChunkOut:
+        """The registry's hold chunk, stamped now (after a failure, and on deactivation)."""
+        now = self.clock_ns()
+        return ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
+                        self.registry.hold_name, now + self.validity_ns, True)
 
     def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
         with self._lock:
             asks, self._asks = self._asks, []
-        for rid, q, asked_ns in asks:
-            self.language.join(rid, q, asked_ns)
-        outs = self.language.advance(self.k, rider)
+            cancels, self._cancels = self._cancels, {}
+        outs = []
+        for rid, reason in cancels.items():  # before the step: a cancel ends within one frame
+            waiting = [a for a in asks if a[0] == rid]
+            for a in waiting:
+                asks.remove(a)
+            out = LanguageOut(rid, "", True, "", reason) if waiting else self.language.cancel(rid, reason)
+            outs += [out] if out is not None else []
+        for rid, q, asked_ns, max_new, context in asks:
+            self.language.join(rid, q, asked_ns, max_new, context)
+        outs += self.language.advance(self.k, rider)
         done = [o.request_id for o in outs if o.is_final]
         if done:
             with self._lock:

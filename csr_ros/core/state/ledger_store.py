@@ -290,6 +290,27 @@ class LedgerStore:
                 self.fsyncs += 1
                 self._last_sync = self._clock()
 
+    def archive(self) -> Path:
+        """Keep the ledger file under a new name (``ledger.<UTC time>.csrl``; never overwritten,
+        never deleted) and start a new, empty one in its place (:meth:`begin` must follow).
+        Returns the archive's path."""
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"ledger store {self.path} is closed")
+            if self.fsync != "never":
+                os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest, n = self.dir / f"ledger.{stamp}.csrl", 1
+            while dest.exists():
+                dest, n = self.dir / f"ledger.{stamp}.{n}.csrl", n + 1
+            os.rename(self.path, dest)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fsync_dir()
+            self._restored, self._has_header, self._epoch_written = None, False, False
+        return dest
+
     def close(self) -> None:
         with self._lock:
             if self._fd >= 0:
