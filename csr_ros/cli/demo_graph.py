@@ -280,13 +280,17 @@ def summary(view: LiveView, qa, graph, figs: Figures, wall_s: float, rate: float
     """Print the summary; the exit code (1 only when the graph failed or answered nothing)."""
     finals = view.finals()
     answered = [q for q in qa if q.id in finals and not finals[q.id].text.startswith(("refused:", "error:"))]
+    from csr_ros.cli.eval.scoring import drifted
+
     right = sum(q.correct_text(finals[q.id].text) for q in answered)
+    drift = sum(drifted(finals[q.id].text, q.candidates) for q in answered)
     ttft = [finals[q.id].ttft_ms for q in answered]
     contexts = sorted({finals[q.id].context for q in answered})
     mean_hz = view.action_rate_hz(figs.start, figs.end)
     cfg, s = graph.node.cfg, view.status
     print(f"\nsummary: {len(answered)}/{len(qa)} questions answered, {right} correct (free-form, "
-          f"{'/'.join(contexts) or '-'} context); TTFT p50 {_p(ttft, 50):.0f} ms, p99 {_p(ttft, 99):.0f} ms")
+          f"{'/'.join(contexts) or '-'} context), {drift} off the question (named no candidate); "
+          f"TTFT p50 {_p(ttft, 50):.0f} ms, p99 {_p(ttft, 99):.0f} ms")
     print(f"  actions: {mean_hz:.1f} Hz over the replay (configured {cfg.control.control_rate_hz:g} Hz; "
           f"lowest {RATE_WINDOW_S:g}-s window {min(figs.rates_hz, default=float('nan')):.1f} Hz)")
     if s is not None:

@@ -66,6 +66,7 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 
 from csr_ros.core.config import ConfigError, CsrConfig, param_table
 from csr_ros.core.model.device import set_thread_budget
+from csr_ros.core.model.streams import use_hot_stream
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.parameters import with_default_params_file
@@ -139,7 +140,8 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
         system = system_prompt_with_actions(system, registry)
     summarizer = ModelSummarizer(backend) if r.policy == "summary" else None
     compactor = Compactor(r.policy, b.evict_frac, backend.template, backend.encode, summarizer)
-    store = LedgerStore(led.dir, led.fsync, led.batch_period_s) if led.dir else None
+    store = (LedgerStore(led.dir, led.fsync, led.batch_period_s, backlog_max_records=led.backlog_max_records,
+                         retry_period_s=led.retry_period_s) if led.dir else None)
     engine = CsrEngine(backend, b.budget_tokens, b.high_water_frac, b.evict_frac, system, clock_ns,
                        compactor=compactor, store=store,
                        memory=EntityMemory() if cfg.memory.focus_enabled or cfg.memory.answer_context == "memory"
@@ -249,6 +251,8 @@ class Graph:
         threads = int(self.node.get_parameter("model.torch_threads").value)
         if self.node.get_parameter("model.backend").value == "hf":
             set_thread_budget(threads)  # this thread's own intra-op budget (0: torch's default)
+            backend = getattr(getattr(getattr(self.node, "scheduler", None), "engine", None), "backend", None)
+            use_hot_stream(getattr(backend, "device", "cpu"))  # CUDA: frames ahead of the rebuild's stream
         self.node.run_worker(self.stop)
 
     def _guard(self, fn, *args) -> None:

@@ -125,6 +125,9 @@ class CsrEngine:
         if inc.num_tokens == 0 or inc.num_tokens > self.budget_tokens // 4:
             self.counters.increments_rejected += 1
             raise LedgerError(f"increment of {inc.num_tokens} tokens (limit {self.budget_tokens // 4})")
+        if self.store is not None and self.store.needs_snapshot:  # a consistent point: nothing half done
+            self._persist(lambda s: s.write_snapshot(self.snapshot(), self.counters.increments_total,
+                                                     self.counters.evicted_by_policy))
         self.pending.append(inc)
         self.counters.increments_total += 1
         if self.memory is not None:

@@ -16,7 +16,8 @@ branches are gone with the old KV: :meth:`suspend` closes them before a swap, an
 :meth:`advance` re-opens every open request on the new state from its question plus the tokens
 it generated so far (one prefill each), so the answer continues where it stopped.
 
-Answer contexts (:mod:`csr_ros.core.runtime.answer`): ``prompt_ids`` may return an ``AnswerPrompt``.
+Answer contexts (:mod:`csr_ros.core.runtime.answer`): ``prompt_ids`` may return an ``AnswerPrompt``;
+its ``frame`` (the answer's start, in the prompt already) leads the answer's text.
 A ``state`` prompt is a branch of the shared state as above. A ``memory`` prompt (a short fresh
 prompt that does not read the state; it starts with the state's pinned system prefix) is a branch
 of a small second KV state, the *memory lane*, that holds only that prefix: all memory answers
@@ -75,6 +76,7 @@ class _Request:
     bid: int | None = None
     context: str = CONTEXT
     own_kv: object | None = None  # the memory lane (memory context); None: the shared state
+    opening: str = ""  # the answer frame, already in the prompt (AnswerPrompt.frame); leads the text
     emitted: str = ""
     done: bool = False
     max_new_tokens: int = 0  # 0: the batch's max_new_tokens
@@ -217,6 +219,7 @@ class LanguageBatch:
         for r in list(self._queued):
             p = self.prompt_ids(r.question, r.want_context) if r.want_context else self.prompt_ids(r.question)
             r.context, r.prompt = getattr(p, "context", CONTEXT), list(getattr(p, "ids", p))
+            r.opening = getattr(p, "frame", "")
             if r.context != CONTEXT:
                 self._queued.remove(r)
                 lane_joiners.append(r)
@@ -325,7 +328,7 @@ class LanguageBatch:
         """Partial deltas of every open request, finals of the finished (their slots freed)."""
         outs = []
         for r in list(self._open.values()):
-            text = self.engine.backend.decode(r.out)
+            text = r.opening + self.engine.backend.decode(r.out)
             if r.done:
                 self._close(r)
                 del self._open[r.rid]

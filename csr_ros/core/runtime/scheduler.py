@@ -17,8 +17,7 @@ Threads (the ROS node wires them):
   step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
 
 Lifecycle (:meth:`FrameScheduler.set_serving`): not serving = no decisions, no new questions,
-increments still appended and recorded. :meth:`~FrameScheduler.cancel` ends a request at the
-next frame. ``calls.submit(fn)`` runs ``fn`` on the worker at the next frame start.
+increments still appended. ``calls.submit(fn)`` runs ``fn`` on the worker at a frame start.
 
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
@@ -39,7 +38,7 @@ from csr_ros.core.reconcile.hot_path import gate_of
 from csr_ros.core.runtime.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
                                  request_refusal)
 from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
-from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
+from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut, fault_counters
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
 from csr_ros.core.runtime.worker_calls import WorkerCalls
@@ -120,16 +119,16 @@ class FrameScheduler:
                         "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
 
     def ask(self, request_id: str, question: str, max_new_tokens: int = 0, context: str = "") -> LanguageOut | None:
-        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
-        (bad id or question, a duplicate open id, ``language.max_open_requests`` reached, or not
-        serving). ``max_new_tokens`` (0: ``language.max_new_tokens``) and ``context`` ("state",
-        "memory"; "": ``memory.answer_context``) apply to this request only."""
+        """Open a language request (``max_new_tokens`` 0: the configured; ``context`` "": the
+        configured). None when accepted; else a final ``"refused: ..."`` piece (bad id, question
+        or context, a duplicate open id, ``language.max_open_requests`` reached, not serving, or
+        the serving engine away: refused at once, never queued behind its return)."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
-        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
+        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars, context)
         if why:
             rid = printable_id(rid, self.max_id_chars)
-        elif context not in ("", "state", "memory"):
-            why = f"unknown answer context {context[:32]!r} (state or memory)"
+        else:  # a serving engine that is away: refused at once, never queued behind its return
+            why = getattr(self.engine.backend, "unavailable", lambda: "")()
         with self._lock:
             if not why and not self.serving:
                 why = "the node is not active (lifecycle)"
@@ -146,15 +145,10 @@ class FrameScheduler:
 
     def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
         """End an open request at the next frame (branch freed; final = text so far + ``reason``)."""
-        with self._lock:
-            if request_id not in self._active:
-                return False
-            self._cancels.setdefault(request_id, reason)
-            return True
+        return self.cancel_all(reason, only=request_id) > 0
 
     def set_serving(self, serving: bool, hold: bool = True) -> None:
-        """Lifecycle: serve (decide, answer) or not. Stopping arms the hold chunk (published once,
-        then nothing) and cancels every open request (``deactivated``)."""
+        """Lifecycle: stopping arms the hold chunk (once) and cancels the open requests."""
         with self._lock:
             if serving == self.serving:
                 return
@@ -165,11 +159,28 @@ class FrameScheduler:
             self._chunk, self._hold = None, (self._hold_chunk() if hold else None)
         self.cancel_all("deactivated")
 
-    def cancel_all(self, reason: str) -> int:
+    def cancel_all(self, reason: str, only: str | None = None) -> int:
+        """:meth:`cancel` every open request (or only ``only``); returns how many."""
         with self._lock:
-            for rid in self._active:
+            rids = [r for r in self._active if only is None or r == only]
+            for rid in rids:
                 self._cancels.setdefault(rid, reason)
-            return len(self._active)
+        return len(rids)
+
+    def set_instruction(self, text: str) -> bool:
+        """The task the policy chooses actions for (empty: back to the configured default).
+        An instruction longer than ``language.max_question_chars`` or with control characters is
+        ignored (the previous one stays), counted and logged; returns False then."""
+        text = " ".join(str(text).split())
+        if len(text) > self.max_question_chars or has_control_chars(text):
+            with self._lock:
+                self.counters.instructions_rejected += 1
+            self._tlog(logging.WARNING, "instruction", "instruction of %d characters ignored (too long or "
+                       "control characters)", len(text))
+            return False
+        with self._lock:
+            self._instruction = text or self.cfg.control.default_instruction
+        return True
 
     # ------------------------------------------------------------------ the worker thread
     def run_frame(self) -> list[LanguageOut]:
@@ -329,15 +340,10 @@ class FrameScheduler:
         with self._lock:
             asks, self._asks = self._asks, []
             cancels, self._cancels = self._cancels, {}
-        outs = []
-        for rid, reason in cancels.items():  # before the step: a cancel ends within one frame
-            waiting = [a for a in asks if a[0] == rid]
-            for a in waiting:
-                asks.remove(a)
-            out = LanguageOut(rid, "", True, "", reason) if waiting else self.language.cancel(rid, reason)
-            outs += [out] if out is not None else []
         for rid, q, asked_ns, max_new, context in asks:
             self.language.join(rid, q, asked_ns, max_new, context)
+        # cancels before the step (queued or open): a cancel ends within one frame
+        outs = [o for o in (self.language.cancel(rid, why) for rid, why in cancels.items()) if o is not None]
         outs += self.language.advance(self.k, rider)
         done = [o.request_id for o in outs if o.is_final]
         if done:
@@ -382,7 +388,7 @@ class FrameScheduler:
         return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, r.state if r is not None else "idle",
                          self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, n_open,
                          self.language.tokens_generated, engine=dataclasses.replace(ec),
-                         scheduler=dataclasses.replace(sc), inbox=inbox)
+                         scheduler=dataclasses.replace(sc), inbox=inbox, **fault_counters(e))
 
     def accepted_increments(self) -> list[Increment]:
         """Increments accepted since the last call (the node republishes them)."""

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from csr_ros.core.model import attention, quant
-from csr_ros.core.model.cuda_graphs import DEFAULT_SIZES, StepRunner, unsupported_reason
+from csr_ros.core.model.buckets import DEFAULT_MAX_TOKENS, bucket_sizes
+from csr_ros.core.model.cuda_graphs import StepRunner, unsupported_reason
 from csr_ros.core.model.backends.embedded import ModelNotAvailable, resolve_model_dir
 from csr_ros.core.model.kv_state import KVState
 from csr_ros.core.state.template import PromptTemplate, template_from_tokenizer
@@ -107,10 +108,13 @@ def _finish(model: torch.nn.Module, attn: str) -> torch.nn.Module:
     return model
 
 
-def make_runner(model: torch.nn.Module, cuda_graphs: bool | str) -> StepRunner | None:
-    """The shared CUDA-graph runner for decode and small appends: only on CUDA, with ``cuda_graphs``
-    on and a supported (Llama-family) architecture; otherwise None (every forward stays eager).
-    ``"explicit"`` runs the runner's segments without capture on any device (tests, CPU dry runs)."""
+def make_runner(model: torch.nn.Module, cuda_graphs: bool | str,
+                max_tokens: int = DEFAULT_MAX_TOKENS) -> StepRunner | None:
+    """The shared CUDA-graph runner for every forward of up to ``max_tokens`` tokens (bucketed,
+    :mod:`csr_ros.core.model.buckets`): only on CUDA, with ``cuda_graphs`` on and a supported
+    (Llama-family) architecture; otherwise None (every forward stays eager). On CUDA every bucket
+    is captured here, at load time, so no first use pays for a capture. ``"explicit"`` runs the
+    runner's segments without capture on any device (tests, CPU dry runs)."""
     explicit = cuda_graphs == "explicit"
     dev = next(model.parameters()).device
     if not cuda_graphs or (dev.type != "cuda" and not explicit):
@@ -119,21 +123,25 @@ def make_runner(model: torch.nn.Module, cuda_graphs: bool | str) -> StepRunner |
     if reason:
         log.info("CUDA graphs off: %s", reason)
         return None
-    return StepRunner(model, DEFAULT_SIZES, capture=not explicit)
+    runner = StepRunner(model, bucket_sizes(max_tokens), capture=not explicit)
+    if runner.capture:
+        log.info("CUDA graphs captured for %d of %d buckets", runner.capture_all(), len(runner.sizes))
+    return runner
 
 
-def _fast(lm: torch.nn.Module, weights: str, cuda_graphs: bool | str) -> tuple[quant.Applied, StepRunner | None]:
+def _fast(lm: torch.nn.Module, weights: str, cuda_graphs: bool | str,
+          max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[quant.Applied, StepRunner | None]:
     """Quantize ``lm`` as ``weights`` asks (:mod:`csr_ros.core.model.quant`) and make its runner:
     on the CPU fast path the runner's explicit segmented forward (no capture) serves decode and
     the small appends, which skips transformers' per-call mask and cache bookkeeping."""
     applied = quant.apply(lm, weights)
     on_cpu = next(lm.parameters()).device.type == "cpu"
-    return applied, make_runner(lm, "explicit" if applied.fast and on_cpu and cuda_graphs else cuda_graphs)
+    return applied, make_runner(lm, "explicit" if applied.fast and on_cpu and cuda_graphs else cuda_graphs, max_tokens)
 
 
 def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
             attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True,
-            weights: str = "fp32") -> HFBackend:
+            graph_max_tokens: int = DEFAULT_MAX_TOKENS, weights: str = "fp32") -> HFBackend:
     """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only.
     ``weights``: fp32 (reference), int8, int4 or auto (int4 on a CPU), see :mod:`quant`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,12 +158,13 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
     ).to(dev)
     name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
     lm = _finish(lm, attn)
-    applied, runner = _fast(lm, weights, cuda_graphs)
+    applied, runner = _fast(lm, weights, cuda_graphs, graph_max_tokens)
     return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt, runner=runner, weights=applied)
 
 
 def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
-               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True, weights: str = "fp32") -> HFBackend:
+               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True,
+               graph_max_tokens: int = DEFAULT_MAX_TOKENS, weights: str = "fp32") -> HFBackend:
     """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -168,7 +177,7 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
         lm = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation="sdpa")
     tok = ByteTokenizer(cfg.vocab_size)
     lm = _finish(lm, attn)
-    applied, runner = _fast(lm, weights, cuda_graphs)
+    applied, runner = _fast(lm, weights, cuda_graphs, graph_max_tokens)
     return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt, runner=runner, weights=applied)
 
 
