@@ -101,8 +101,10 @@ def build_backend(cfg: CsrConfig):
         from csr_ros.core.model.backends import hf
 
         if m.model.startswith("shape:"):
-            return hf.load_shape(m.model.split(":", 1)[1], m.device, m.dtype, m.attention, cuda_graphs=m.cuda_graphs)
-        return hf.load_hf(m.model, m.device, m.dtype, m.attention, m.trust_remote_code, cuda_graphs=m.cuda_graphs)
+            return hf.load_shape(m.model.split(":", 1)[1], m.device, m.dtype, m.attention, cuda_graphs=m.cuda_graphs,
+                                 weights=m.weights)
+        return hf.load_hf(m.model, m.device, m.dtype, m.attention, m.trust_remote_code, cuda_graphs=m.cuda_graphs,
+                           weights=m.weights)
     if m.backend == "openai":  # a serving engine (vLLM, SGLang, llama.cpp): the server.* parameters
         from csr_ros.core.model.backends import openai
 
