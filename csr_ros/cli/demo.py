@@ -80,7 +80,8 @@ def run_offline(args: argparse.Namespace, paths, qa) -> int:
     msgs = read_bag(paths.bag)
     streams, methods = build_methods(["csr", "memory"], backend, Settings(cfg), ctx, msgs[0].stamp_ns)
     csr, contexts = streams["csr"], A.AnswerContexts(cfg.memory)
-    print(f"{backend.name}: {len(msgs)} messages, {len(qa)} questions, budget {args.budget} tokens (no ROS)")
+    weights = getattr(getattr(backend, "weights", None), "scheme", "-")
+    print(f"{backend.name} (weights {weights}): {len(msgs)} messages, {len(qa)} questions, budget {args.budget} tokens (no ROS)")
     from csr_ros.cli.eval.scoring import drifted
 
     ttft, right, qi = [], {"csr": 0, "memory": 0, "generated": 0, "drift": 0}, 0

@@ -57,11 +57,13 @@ def device_name(device) -> str:
 
 
 def add_model_args(p: argparse.ArgumentParser, device: str = "auto", shape_example: str = "tiny") -> None:
-    """The model every benchmark loads: ``--model``, ``--shape``, ``--device``, ``--dtype``."""
+    """The model every benchmark loads: ``--model``, ``--shape``, ``--device``, ``--dtype``, ``--weights``."""
     p.add_argument("--model", default="embedded", help="'embedded' or a local HF model folder")
     p.add_argument("--shape", default=None, help=f"random weights of a named shape instead (e.g. {shape_example})")
     p.add_argument("--device", default=device)
     p.add_argument("--dtype", default="float32", help="model dtype (bfloat16 on a GPU)")
+    p.add_argument("--weights", default="auto", choices=["auto", "fp32", "int8", "int4"],
+                   help="linear-layer weights (the model.weights parameter): auto = int4 on a CPU, fp32 elsewhere")
 
 
 # ---------------------------------------------------------------------- the TTFT workload
@@ -85,3 +87,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tokenizer", default="embedded", help="local HF folder of the served model's tokenizer")
     g.add_argument("--served-model", default="", help="model name for the /v1 APIs (default: first of /v1/models)")
     g.add_argument("--timeout-s", type=float, default=300.0, help="per-request timeout, s")
+
+
+def weights_info(be) -> dict:
+    """Which path ran: the weights scheme (fp32 = reference, int8/int4 = the CPU fast path), the
+    one asked for, why they differ, and whether the explicit-forward runner served small appends."""
+    w = be.weights
+    return {"scheme": w.scheme, "requested": w.requested, "note": w.note, "fast_path": w.fast,
+            "runner": None if be.runner is None else ("cuda_graphs" if be.runner.capture else "explicit")}

@@ -43,7 +43,8 @@ def load_backend(args, attn: str = "csr"):
 
     attention.set_split_kv(getattr(args, "split_kv", "off") == "on")
     kw = dict(device=args.device, dtype=args.dtype, attn=attn, cuda_graphs=graphs_mode(args),
-              graph_max_tokens=getattr(args, "graph_max_tokens", DEFAULT_MAX_TOKENS))
+              graph_max_tokens=getattr(args, "graph_max_tokens", DEFAULT_MAX_TOKENS),
+              weights=getattr(args, "weights", "auto"))  # model.weights: auto = the int4 CPU fast path
     be = load_shape(args.shape, **kw) if args.shape else load_hf(args.model, **kw)
     if attention.split_kv_enabled() and be.device.type == "cuda":
         _warm_split_kv(be)

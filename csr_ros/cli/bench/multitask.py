@@ -32,7 +32,7 @@ import threading
 import time
 
 from csr_ros.cli.bench import gpu_opts
-from csr_ros.cli.bench.common import add_model_args, device_name, percentile, write_json
+from csr_ros.cli.bench.common import add_model_args, device_name, percentile, weights_info, write_json
 
 QUESTIONS = [
     "What did the robot observe most recently?",
@@ -246,7 +246,8 @@ def run(args) -> dict:
                   f"{r['frame_overruns']}/{r['frames']} frames overran, state {r['state_tokens']} tokens", flush=True)
     period_ns = round(1e9 / args.control_rate_hz)
     summary = {m: summarise(rs, period_ns) for m, rs in raw.items()}
-    payload = {"model": be.name, "device": device_name(be.device), "control_rate_hz": args.control_rate_hz,
+    payload = {"model": be.name, "device": device_name(be.device), "weights": weights_info(be),
+               "control_rate_hz": args.control_rate_hz,
                "config": {k: getattr(args, k) for k in ("policy", "policy_period_s", "no_fuse", "tokens_per_frame", "requests",
                                                         "max_new_tokens", "increment_period_s", "state_tokens",
                                                         "duration_s", "warmup_s", "rounds", "threads")},

@@ -10,7 +10,12 @@ For every history length N, on one model and one token stream:
 * ``query_only_ms`` - the 32-token query alone (the increment was appended on arrival);
 * ``decode_ms`` - one further generated token;
 * ``bandwidth_floor_ms`` - bytes that must be read once (weights + cache) / measured copy bandwidth;
-* with ``--attention default``, ``*_default`` columns: the same with transformers' default attention.
+* with ``--attention default``, ``*_default`` columns: the same with transformers' default attention;
+* ``llamacpp_query_ms`` / ``llamacpp_decode_ms``: llama.cpp's server on the same GGUF and threads,
+  same run (:mod:`csr_ros.cli.bench.ttft_llamacpp`; skipped, saying so, when it is not installed).
+
+``weights`` in the JSON says which path ran (``--weights auto``: the int4 CPU fast path on a CPU,
+fp32 elsewhere; ``fp32`` is the reference).
 
 On CUDA, decode and appends of the runner's sizes (1/32/64/96 tokens) run through CUDA graphs
 (:mod:`csr_ros.core.model.cuda_graphs`); ``graph_check`` per N compares 8 greedy tokens through the
@@ -29,6 +34,7 @@ import sys
 from typing import Sequence
 
 from csr_ros.cli.bench.common import (INC_TOKENS, QUERY_TOKENS, add_model_args, add_server_args, device_name,
+                                      weights_info,
                                       summary_ms, timed, token_stream, write_json)
 from csr_ros.cli.bench.ttft_lengths import time_query_lengths
 
@@ -193,7 +199,8 @@ def bandwidth_floor_ms(be, n: int, bandwidth_gb_s: float) -> float:
     """Bytes a query must read at least once (weights + an N-token KV cache) / copy bandwidth."""
     cfg = be.model.config
     elem = be.model.dtype.itemsize if hasattr(be.model.dtype, "itemsize") else 4
-    weights = sum(p.numel() * p.element_size() for p in be.model.parameters())
+    tensors = list(be.model.parameters()) + list(be.model.buffers())  # quantized weights are buffers
+    weights = sum(t.numel() * t.element_size() for t in tensors)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * n * elem
     return (weights + kv) / (bandwidth_gb_s * 1e9) * 1e3
@@ -220,9 +227,29 @@ def copy_bandwidth_gb_s(device, megabytes: int = 512) -> float:
     return 2 * x.numel() * 4 / best / 1e9
 
 
+def add_llamacpp(args, payload: dict, lengths: Sequence[int], stream: list[int], vocab: int) -> None:
+    """The ``llamacpp_*`` columns (:mod:`csr_ros.cli.bench.ttft_llamacpp`), after every in-process
+    row so the two never share the cores; only for the embedded model (its GGUF)."""
+    from csr_ros.cli.bench import ttft_llamacpp
+
+    if getattr(args, "llamacpp", "on") != "on":
+        res = {"status": "skipped: --llamacpp off", "rows": {}}
+    elif args.shape or args.model != "embedded":
+        res = {"status": "skipped: llama.cpp runs the embedded model's GGUF only", "rows": {}}
+    else:
+        import torch
+
+        res = ttft_llamacpp.measure(list(lengths), stream, args.threads or torch.get_num_threads(), args.reps, vocab)
+    payload["llamacpp"] = res["status"]
+    print(f"llama.cpp columns: {res['status']}")
+    for row in payload["rows"]:
+        row.update(res["rows"].get(row["n"], {}))
+    write_json(args.json, payload)
+
+
 def print_table(rows: list[dict]) -> None:
     cols = [c for c in ("full", "csr", "floor", "query_only", "decode", "csr_default", "query_only_default",
-                        "decode_default", "bandwidth_floor") if f"{c}_ms" in rows[0]]
+                        "decode_default", "bandwidth_floor", "llamacpp_query", "llamacpp_decode") if f"{c}_ms" in rows[0]]
     print(f"{'N':>7} " + " ".join(f"{c + '_ms':>12}" for c in cols)
           + f" {'csr/floor':>9} {'full/csr':>9} {'full/query':>10} same_tok graph==eager")
     for r in rows:
@@ -260,7 +287,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--lengths", "--n", dest="lengths", default="512,1024,2048,4096,7680", help="comma-separated history lengths N")
+    p.add_argument("--lengths", "--n", dest="lengths", default="512,2048,7680", help="comma-separated history lengths N")
     add_model_args(p, device="auto", shape_example="llama-3.1-8b, tiny")
     p.add_argument("--reps", type=int, default=5, help="timed repetitions of csr and floor")
     p.add_argument("--full-reps", type=int, default=3, help="timed repetitions of the full re-prefill")
@@ -271,9 +298,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cuda-graphs", choices=["on", "off", "explicit"], default="on",
                    help="CUDA graphs for decode and small appends (the model.cuda_graphs parameter; CUDA only); "
                         "explicit: the same segmented forward without capture, on any device (CPU dry runs)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (0: torch default); llama.cpp gets the same")
     p.add_argument("--attention", choices=["csr", "default"], default="csr",
                    help="'default' also times csr/query_only/decode with transformers' default attention")
+    p.add_argument("--llamacpp", choices=["on", "off"], default="on",
+                   help="also time llama.cpp's llama-server on the embedded GGUF with the same threads (skipped, "
+                        "saying so, when scripts/build_llama_server.sh has not installed it)")
     p.add_argument("--query-lengths", default="",
                    help="comma-separated query lengths also timed at every N against the nearest of 32/64/96 (e.g. 17,45,80)")
     p.add_argument("--json", default=None, help="write results to this JSON file")
@@ -305,7 +335,7 @@ def run(args) -> dict:
                "increment_tokens": INC_TOKENS, "query_tokens": QUERY_TOKENS, "copy_bandwidth_gb_s": bw,
                "versions": versions(), "cuda_graph_sizes": list(be.runner.sizes) if be.runner else None,
                "packed_gqa": getattr(args, "packed_gqa", "on"), "split_kv": getattr(args, "split_kv", "off"),
-               "rows": []}
+               "weights": weights_info(be), "rows": []}
     rows = payload["rows"]
     for n in lengths:
         rows.append(measure_n(be, n, stream, args.reps, args.full_reps, args.attention == "default",
@@ -319,6 +349,7 @@ def run(args) -> dict:
         if be.runner is not None:
             payload["runner_stats"] = dict(be.runner.stats)
         write_json(args.json, payload)  # after every N: a run cut short still leaves its rows
+    add_llamacpp(args, payload, lengths, stream, vocab)
     print()
     print_table(rows)
     if args.plot:

@@ -25,16 +25,18 @@ from csr_ros.cli.eval.methods import METHODS, Settings, build_methods
 DEFAULT_METHODS = ",".join(METHODS)
 
 
-def load_backend(model: str, device: str = "auto", dtype: str = "float32") -> tuple[object, int]:
-    """``(backend, context length in tokens)``: embedded | a local HF folder | fake | shape:<name>."""
+def load_backend(model: str, device: str = "auto", dtype: str = "float32",
+                 weights: str = "auto") -> tuple[object, int]:
+    """``(backend, context length in tokens)``: embedded | a local HF folder | fake | shape:<name>;
+    ``weights`` as the model.weights parameter (auto: int4 on a CPU)."""
     if model == "fake":
         from csr_ros.core.model.backends.fake import FakeBackend
 
         return FakeBackend(), 1 << 30
     from csr_ros.core.model.backends import hf
 
-    be = hf.load_shape(model.split(":", 1)[1], device, dtype) if model.startswith("shape:") \
-        else hf.load_hf(model, device, dtype)
+    be = hf.load_shape(model.split(":", 1)[1], device, dtype, weights=weights) if model.startswith("shape:") \
+        else hf.load_hf(model, device, dtype, weights=weights)
     return be, int(getattr(be.model.config, "max_position_embeddings", 8192))
 
 
@@ -188,6 +190,8 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    "shape:<name> (random weights) or fake")
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="float32")
+    p.add_argument("--weights", default="auto", choices=["auto", "fp32", "int8", "int4"],
+                   help="linear-layer weights (model.weights): auto = int4 on a CPU; fp32 = the reference")
     p.add_argument("--free-form", action="store_true", help="generate answers (correct: the text contains an "
                    "accepted string and no reject) instead of closed-set scoring")
     p.add_argument("--max-new-tokens", type=int, default=24)
@@ -243,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
     for e in eps:
         if e.qa is None:
             raise SystemExit(f"{e.bag}: no qa.jsonl found; pass --qa")
-    backend, ctx = load_backend(args.model, args.device, args.dtype)
+    backend, ctx = load_backend(args.model, args.device, args.dtype, args.weights)
     from csr_ros.cli.eval.embed import LazyMiniLM
 
     args.embedder = args.similarity = LazyMiniLM()  # loaded when rag or a focus fallback needs it

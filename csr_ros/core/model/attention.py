@@ -28,10 +28,12 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from csr_ros.core.model import cpu_attention
+
 ATTN_NAME = "csr_sdpa"
 _REGISTERED = False
 PACK_MAX_Q = 128  # appends of at most this many tokens pack GQA groups over the history
-_PACK = {"on": True}
+_PACK = {"on": True, "cpu": True}
 _SPLIT = {"on": False, "min_kv": 4096, "max_q": 128, "devices": ("cuda",)}
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,8 @@ def csr_attention(
     if (attention_mask is None and gqa and 1 < q_len <= PACK_MAX_Q and q_len < kv_len and _PACK["on"]
             and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)):
         return packed_gqa_attention(query, key, value, scaling)
+    if _PACK["cpu"] and cpu_attention.accepts(query, key, attention_mask):
+        return cpu_attention.packed_cpu_attention(query, key, value, scaling)
     if attention_mask is not None:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, **kwargs)
     elif q_len == 1:
@@ -113,9 +117,12 @@ def split_kv_enabled() -> bool:
     return bool(_SPLIT["on"])
 
 
-def set_packed_gqa(on: bool) -> None:
-    """Turn the packed-GQA path for small appends on CUDA on or off (benchmarks, diagnostics)."""
+def set_packed_gqa(on: bool, cpu: bool | None = None) -> None:
+    """Turn the packed-GQA path for small appends on CUDA (and, with ``cpu``, the CPU one of
+    :mod:`csr_ros.core.model.cpu_attention`) on or off (benchmarks, diagnostics)."""
     _PACK["on"] = bool(on)
+    if cpu is not None:
+        _PACK["cpu"] = bool(cpu)
 
 
 def attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, causal: bool):

@@ -238,8 +238,8 @@ class LedgerStore:
         created = not self.path.exists()
         records, good, torn = read_records(self.path)
         self._restored = restore_records(records, torn)
-        self._log = AppendLog(self.path, good, ops or FileOps(), fsync, batch_period_s, clock,
-                              backlog_max_records, retry_period_s)
+        self._log_args = (ops or FileOps(), fsync, batch_period_s, clock, backlog_max_records, retry_period_s)
+        self._log = AppendLog(self.path, good, *self._log_args)
         if torn:
             log.warning("%s: dropping a torn last record (%d bytes)", self.path, torn)
             self._log.counters.torn_records_dropped, self._log.counters.torn_bytes_dropped = 1, torn
@@ -342,21 +342,17 @@ class LedgerStore:
     def archive(self) -> Path:
         """Keep the ledger file under a new name (``ledger.<UTC time>.csrl``; never overwritten,
         never deleted) and start a new, empty one in its place (:meth:`begin` must follow).
-        Returns the archive's path. Raises ValueError when the store is closed, OSError when
-        the disk refuses the rename (the old file then stays in place, closed)."""
+        Returns the archive's path."""
         with self._lock:
-            old = self._log
-            if old.closed:
+            if self._log.closed:
                 raise ValueError(f"ledger store {self.path} is closed")
-            old.close()  # synced (held records written if the disk takes them)
+            self._log.close()  # a final fsync (and a last try of any held records)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             dest, n = self.dir / f"ledger.{stamp}.csrl", 1
             while dest.exists():
                 dest, n = self.dir / f"ledger.{stamp}.{n}.csrl", n + 1
             os.rename(self.path, dest)
-            self._log = AppendLog(self.path, 0, old.ops, old.fsync, old.batch_period_s, old.clock,
-                                  old.backlog_max, old.retry_period_s)
-            self._log.counters = dataclasses.replace(old.counters, backlog_records=0)  # cumulative
+            self._log = AppendLog(self.path, 0, *self._log_args)
             self._fsync_dir()
             self._restored, self._has_header, self._epoch_written = None, False, False
         return dest

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from csr_ros.core.model import attention
+from csr_ros.core.model import attention, quant
 from csr_ros.core.model.buckets import DEFAULT_MAX_TOKENS, bucket_sizes
 from csr_ros.core.model.cuda_graphs import StepRunner, unsupported_reason
 from csr_ros.core.model.backends.embedded import ModelNotAvailable, resolve_model_dir
@@ -77,6 +77,7 @@ class HFBackend:
 
     kv_capacity_tokens: int = 1024
     runner: StepRunner | None = None
+    weights: quant.Applied = quant.Applied("fp32", "fp32")
 
     def new_state(self) -> KVState:
         """A fresh KV state (shared weights); its cache starts with ``kv_capacity_tokens`` slots
@@ -128,10 +129,21 @@ def make_runner(model: torch.nn.Module, cuda_graphs: bool | str,
     return runner
 
 
+def _fast(lm: torch.nn.Module, weights: str, cuda_graphs: bool | str,
+          max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[quant.Applied, StepRunner | None]:
+    """Quantize ``lm`` as ``weights`` asks (:mod:`csr_ros.core.model.quant`) and make its runner:
+    on the CPU fast path the runner's explicit segmented forward (no capture) serves decode and
+    the small appends, which skips transformers' per-call mask and cache bookkeeping."""
+    applied = quant.apply(lm, weights)
+    on_cpu = next(lm.parameters()).device.type == "cpu"
+    return applied, make_runner(lm, "explicit" if applied.fast and on_cpu and cuda_graphs else cuda_graphs, max_tokens)
+
+
 def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
             attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True,
-            graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
-    """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
+            graph_max_tokens: int = DEFAULT_MAX_TOKENS, weights: str = "fp32") -> HFBackend:
+    """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only.
+    ``weights``: fp32 (reference), int8, int4 or auto (int4 on a CPU), see :mod:`quant`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet()
@@ -146,13 +158,13 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
     ).to(dev)
     name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
     lm = _finish(lm, attn)
-    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt,
-                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
+    applied, runner = _fast(lm, weights, cuda_graphs, graph_max_tokens)
+    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt, runner=runner, weights=applied)
 
 
 def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
                attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True,
-               graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
+               graph_max_tokens: int = DEFAULT_MAX_TOKENS, weights: str = "fp32") -> HFBackend:
     """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -165,8 +177,8 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
         lm = AutoModelForCausalLM.from_config(cfg, dtype=dt, attn_implementation="sdpa")
     tok = ByteTokenizer(cfg.vocab_size)
     lm = _finish(lm, attn)
-    return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt,
-                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
+    applied, runner = _fast(lm, weights, cuda_graphs, graph_max_tokens)
+    return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt, runner=runner, weights=applied)
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:
