@@ -7,7 +7,7 @@ import argparse
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--params-file", metavar="FILE", help="ROS 2 parameters file (e.g. config/csr.yaml)")
+    p.add_argument("--params-file", metavar="FILE", help="ROS 2 parameters file (default: the installed share/csr_ros/config/csr.yaml)")
     p.add_argument("--ros-args", dest="ros_args", nargs=argparse.REMAINDER, default=[],
                    help="everything after it goes to ROS (-p name:=value, -r __ns:=/robot, --log-level ...)")
 

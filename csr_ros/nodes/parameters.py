@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 ParameterType)
@@ -92,7 +92,10 @@ def declare(node: Node, spec: ParamSpec) -> Any:
     empty_array = spec.type.endswith("_array") and not spec.default
     default = _ROS_TYPES[spec.type][1] if empty_array else spec.default
     try:
-        value = node.declare_parameter(spec.key, default, descriptor_for(spec)).value
+        if node.has_parameter(spec.key):  # declared before (a lifecycle node configured again)
+            value = node.get_parameter(spec.key).value
+        else:
+            value = node.declare_parameter(spec.key, default, descriptor_for(spec)).value
     except ParameterUninitializedException:
         value = None
 
@@ -103,6 +106,27 @@ def declare(node: Node, spec: ParamSpec) -> Any:
     if value is None:  # an array declared by type only and not overridden
         return list(spec.default)
     return list(value) if spec.type.endswith("_array") else value
+
+
+def declare_deferred(node: Node) -> dict[str, str]:
+    """Declare every row of the table without failing (a lifecycle node validates at configure):
+    a row whose override has a wrong type or is out of its range is declared with its default
+    and returned as ``{key: message naming the parameter and its range}``."""
+    bad = {}
+    for spec in param_table():
+        try:
+            declare(node, spec)
+        except ConfigError:
+            override = node._parameter_overrides.get(spec.key)
+            try:
+                validate(spec, override.value if override is not None else None)
+                bad[spec.key] = f"parameter {spec.key}: invalid value"
+            except ConfigError as e:
+                bad[spec.key] = str(e)
+            node.declare_parameter(spec.key, _ROS_TYPES[spec.type][1] if spec.type.endswith("_array")
+                                   and not spec.default else spec.default, descriptor_for(spec),
+                                   ignore_override=True)
+    return bad
 
 
 def declare_table(node: Node) -> CsrConfig:
@@ -176,3 +200,39 @@ def overrides_from_params_file(path: str, node_name: str = "csr") -> list[Parame
     from csr_ros.core.config import load_params_file
 
     return [Parameter(k, value=v) for k, v in load_params_file(path, node_name).items()]
+
+
+DEFAULT_PARAMS_FILE = "config/csr.yaml"
+"""The parameter file a start without one loads, under the installed ``share/csr_ros`` (the same
+file launch/csr.launch.py passes by default): the model and the four perception inputs."""
+
+
+def with_default_params_file(args: Sequence[str]) -> list[str]:
+    """Command-line arguments of the graph process, with the installed ``share/csr_ros/config/csr.yaml``
+    as the parameter file when the ROS arguments name none (``csr-ros run``, ``ros2 run csr_ros
+    csr_node``). The default goes first, right after ``--ros-args`` (appended when absent), so the
+    user's ``-p name:=value`` rules, which rcl applies in order, still win; a ``--params-file`` of
+    the user's replaces it altogether (as ``params_file:=`` does in the launch file)."""
+    from csr_ros.share import shipped
+
+    args = list(args)
+    if "--params-file" in _ros_section(args):
+        return args
+    default = ["--params-file", str(shipped(DEFAULT_PARAMS_FILE))]
+    if "--ros-args" not in args:
+        return [*args, "--ros-args", *default]
+    at = args.index("--ros-args") + 1
+    return [*args[:at], *default, *args[at:]]
+
+
+def _ros_section(args: list[str]) -> list[str]:
+    """The arguments inside ``--ros-args ... [--]`` sections (where rcl reads its options)."""
+    out, inside = [], False
+    for a in args:
+        if a == "--ros-args":
+            inside = True
+        elif a == "--" and inside:
+            inside = False
+        elif inside:
+            out.append(a)
+    return out

@@ -11,7 +11,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from csr_ros.core.config import ConfigError, load_params_file, param_table
-from csr_ros.nodes.parameters import load_node_config, overrides_from_params_file
+from csr_ros import share
+from csr_ros.nodes.parameters import (DEFAULT_PARAMS_FILE, load_node_config, overrides_from_params_file,
+                                    with_default_params_file)
 
 pytestmark = pytest.mark.nodes
 
@@ -110,3 +112,49 @@ def test_bad_values_fail_at_start_naming_the_parameter(ros_context, override, cu
             load_node_config(node)
     finally:
         node.destroy_node()
+
+
+def _graph_config(ros_domain_id, args: list[str]):
+    """The node ``csr``'s configuration when the graph process is started with ``args`` (rcl parses
+    them exactly as in ``csr_node``), after :func:`with_default_params_file`."""
+    ctx = Context()
+    rclpy.init(args=["csr_node", *with_default_params_file(args)], context=ctx, domain_id=ros_domain_id)
+    try:
+        node = Node("csr", context=ctx)
+        try:
+            return load_node_config(node)
+        finally:
+            node.destroy_node()
+    finally:
+        ctx.try_shutdown()
+
+
+def test_without_a_params_file_the_installed_csr_yaml_is_loaded_and_p_rules_still_win(ros_domain_id):
+    shipped_yaml = share.shipped(DEFAULT_PARAMS_FILE)
+    assert shipped_yaml == share.share_dir() / "config" / "csr.yaml" != ROOT / "config" / "csr.yaml"
+    flat = load_params_file(shipped_yaml, "csr")
+    cfg, inputs = _graph_config(ros_domain_id, [])
+    assert [i.name for i in inputs] == flat["inputs.names"] and len(inputs) == 4
+    assert cfg.model.model == flat["model.model"]
+    rate_hz = flat["control.control_rate_hz"] / 2
+    cfg, inputs = _graph_config(ros_domain_id, ["--ros-args", "-p", f"control.control_rate_hz:={rate_hz}"])
+    assert cfg.control.control_rate_hz == rate_hz and len(inputs) == 4
+
+
+def test_a_users_params_file_replaces_the_default(ros_domain_id, tmp_path):
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("/**:\n  ros__parameters:\n    inputs:\n      names: [obs]\n"
+                    "      obs: {topic: /observations, type: std_msgs/msg/String}\n")
+    args = ["--ros-args", "--params-file", str(mine)]
+    assert with_default_params_file(args) == args
+    _, inputs = _graph_config(ros_domain_id, args)
+    assert [i.name for i in inputs] == ["obs"]
+
+
+def test_default_params_file_goes_first_inside_the_ros_arguments():
+    default = str(share.shipped(DEFAULT_PARAMS_FILE))
+    assert with_default_params_file([]) == ["--ros-args", "--params-file", default]
+    assert with_default_params_file(["--ros-args", "-p", "a:=1"]) == [
+        "--ros-args", "--params-file", default, "-p", "a:=1"]
+    # a --params-file outside --ros-args is not rcl's: the default still applies
+    assert with_default_params_file(["--params-file", "x", "--ros-args", "--"])[3:5] == ["--params-file", default]
