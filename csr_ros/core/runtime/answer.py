@@ -21,6 +21,12 @@ and no raw increment answered 87 of 88 questions, against 73 with the newest inc
 lines. Without focus lines both layouts are exactly the template's query, so a state without
 focus reads the same tokens as a re-prefill of the same history.
 
+Answer frames (issue 19): without a lead-in, the answer starts with a frame derived from the
+question's intent (:mod:`csr_ros.core.state.question`: "The red cup is in the", "I have not seen
+the pink elephant"), which generated answers start with; closed-set scoring continues the intent's
+key frame instead ("red cup last seen in:", the label the memory line puts before its value), so
+every candidate, "never seen" included, competes at the same word (:func:`framed_scoring`).
+
 Builders return token ids (:class:`AnswerPrompt`); :func:`score` and :func:`generate` run them
 on the engine's backend (the state context on the engine's KV as a branch, the memory context on
 a fresh KV state). The engine's state is never modified except that pending increments are
@@ -107,10 +113,9 @@ def state_query_ids(engine, question: str, focus: Focus, lead_in: str = "") -> l
 
 
 def memory_prompt_ids(engine, question: str, focus: Focus, lead_in: str = "",
-                      recent: Sequence[Increment] = (), lines_in_answer: bool = False) -> list[int]:
+                      recent: Sequence[Increment] = ()) -> list[int]:
     """System prefix + the newest increments naming the entities + focus lines + question
-    (``template.query`` with the lines before the question; ``lines_in_answer``: after it, at
-    the start of the answer turn, as in the state context).
+    (``template.query`` with the lines before the question).
 
     The increments keep the token ids they were rendered with when accepted (times relative to
     the state's epoch), so nothing is re-rendered.
@@ -118,8 +123,6 @@ def memory_prompt_ids(engine, question: str, focus: Focus, lead_in: str = "",
     ids = list(engine.ledger.prefix_ids)
     for inc in recent:
         ids.extend(inc.token_ids)
-    if lines_in_answer:
-        return ids + engine.backend.encode(state_query_text(engine.template, question, focus.lines, lead_in))
     return ids + engine.query_ids(question, lead_in, list(focus.lines))
 
 
@@ -134,12 +137,11 @@ def build(engine, question: str, focus: Focus, context: str = "state", lead_in: 
     if context == "memory":
         pool = list(engine.ledger.increments) + list(engine.pending)
         recent = recent_naming(pool, focus.entities, recent_increments)
-    late = False  # the memory context: lines before the question (see the module doc)
 
     def ids_with(frame: str) -> tuple[int, ...]:
         if context == "state":
             return tuple(state_query_ids(engine, question, focus, frame))
-        return tuple(memory_prompt_ids(engine, question, focus, frame, recent, late))
+        return tuple(memory_prompt_ids(engine, question, focus, frame, recent))
 
     ids = ids_with(lead_in)
     base = ids_with("") if lead_in else ids
