@@ -4,6 +4,7 @@
 
     ros2 launch csr_ros csr.launch.py
     ros2 launch csr_ros csr.launch.py model:=/models/my-lm namespace:=robot1 use_sim_time:=true
+    ros2 launch csr_ros csr.launch.py autostart:=false     # unconfigured: ros2 lifecycle set /csr configure
 
 Without ROS launch (e.g. a venv with ROS from PyPI): ``csr-ros run`` (or ``ros2 run csr_ros csr_node``),
 which load the same installed ``config/csr.yaml`` when given no ``--params-file``.
@@ -20,7 +21,8 @@ from launch_ros.substitutions import FindPackageShare
 def _csr_node(context, *args, **kwargs):
     """The node action; the model override is added only when the argument is not empty, so the
     params file's model.model stays in force by default."""
-    overrides = {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)}
+    overrides = {"use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool),
+                 "ros.autostart": ParameterValue(LaunchConfiguration("autostart"), value_type=bool)}
     model = LaunchConfiguration("model").perform(context)
     if model:
         overrides["model.model"] = model
@@ -54,6 +56,10 @@ def generate_launch_description():
         DeclareLaunchArgument(
             "use_sim_time", default_value="false", choices=["true", "false"],
             description="Use /clock (simulation or bag replay) instead of the system clock."),
+        DeclareLaunchArgument(
+            "autostart", default_value="true", choices=["true", "false"],
+            description="Bring the lifecycle node csr to active (configure + activate); false leaves it "
+                        "unconfigured for an external lifecycle manager (ros2 lifecycle set /csr configure)."),
         DeclareLaunchArgument(
             "log_level", default_value="info", choices=["debug", "info", "warn", "error", "fatal"],
             description="Logging level of the csr nodes."),

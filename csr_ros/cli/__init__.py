@@ -68,12 +68,17 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 def _add_commands(sub: argparse._SubParsersAction) -> None:
     """The commands whose module brings its own ``add_args`` and ``run``."""
-    from csr_ros.cli import make_episode, replay, run, train_head
+    from csr_ros.cli import ask, facts, make_episode, memory, replay, run, status, train_head
     from csr_ros.cli.eval import run_eval
 
     for name, mod, text in (
             ("run", run, "start the ROS 2 graph (inference + reconciler nodes) in one process"),
+            ("ask", ask, "ask the running graph a question (the csr/ask action): streams the answer, "
+             "prints TTFT; Ctrl-C cancels"),
+            ("status", status, "the running graph's CacheStatus once, or --follow"),
+            ("memory", memory, "the running graph's entity memory (all, or one ENTITY)"),
             ("make-episode", make_episode, "write a synthetic household episode (bag + QA + params file)"),
+            ("facts", facts, "the facts a params file extracts from a bag, per input (check patterns)"),
             ("eval", run_eval, "recall and TTFT of csr vs memory, window, rag, full re-prefill, oracle on episodes"),
             ("replay", replay, "publish a rosbag2's messages at the recorded timing (with /clock)"),
             ("train-head", train_head, "train a learned action head (safetensors) from a recording")):

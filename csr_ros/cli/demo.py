@@ -81,7 +81,9 @@ def run_offline(args: argparse.Namespace, paths, qa) -> int:
     streams, methods = build_methods(["csr", "memory"], backend, Settings(cfg), ctx, msgs[0].stamp_ns)
     csr, contexts = streams["csr"], A.AnswerContexts(cfg.memory)
     print(f"{backend.name}: {len(msgs)} messages, {len(qa)} questions, budget {args.budget} tokens (no ROS)")
-    ttft, right, qi = [], {"csr": 0, "memory": 0, "generated": 0}, 0
+    from csr_ros.cli.eval.scoring import drifted
+
+    ttft, right, qi = [], {"csr": 0, "memory": 0, "generated": 0, "drift": 0}, 0
     for m in msgs + [None]:
         while qi < len(qa) and (m is None or qa[qi].t_s < m.t_s):
             q = qa[qi]
@@ -92,6 +94,7 @@ def run_offline(args: argparse.Namespace, paths, qa) -> int:
             right["csr"] += a.correct
             right["memory"] += mem.correct
             right["generated"] += q.correct_text(g.text)
+            right["drift"] += drifted(g.text, q.candidates)
             print(f"[{q.t_s:6.1f} s] {q.question}  csr: {a.text} ({_mark(q, a.text)}) | memory: {mem.text} "
                   f"({mem.ttft_s * 1e3:.0f} ms, {_mark(q, mem.text)}) | generated: {' '.join(g.text.split())[:60]!r}")
         if m is None:
@@ -102,7 +105,8 @@ def run_offline(args: argparse.Namespace, paths, qa) -> int:
             csr.frame()
     s, n = csr.stats(), len(qa)
     print(f"\nsummary: closed-set recall csr {right['csr']}/{n}, memory {right['memory']}/{n}; generated "
-          f"({args.answer_context} context) {right['generated']}/{n}; memory TTFT p50 {percentile(ttft, 50):.0f} ms, "
+          f"({args.answer_context} context) {right['generated']}/{n}, {right['drift']} off the question; "
+          f"memory TTFT p50 {percentile(ttft, 50):.0f} ms, "
           f"p99 {percentile(ttft, 99):.0f} ms; {s['reconciliations']} reconciliations ({s['rebuild_s']:.1f} s "
           f"off the answer path), {s['sync_evictions']} synchronous evictions; state {s['state_tokens']} tokens")
     assert csr.engine.check_invariant(), "the KV cache must hold exactly the ledger's tokens"

@@ -3,8 +3,8 @@
 One process, one private rclpy Context: the graph (inference + reconciler nodes, from
 :mod:`csr_ros.nodes.bringup`), the replayer (:mod:`csr_ros.cli.replay`) publishing the episode's bag
 on its topics at ``rate`` times the recorded speed, and the demo's own node, :class:`LiveView`,
-which asks the episode's questions on ``csr/ask`` and listens to ``csr/language``,
-``csr/action_chunk`` and ``csr/status``. A question is asked at its time in the episode, or as
+which asks the episode's questions through the ``csr/ask`` action (csr_ros/action/Ask: the
+answers stream as its feedback) and listens to ``csr/action_chunk`` and ``csr/status``. A question is asked at its time in the episode, or as
 soon as an answer slot is free when ``language.max_open_requests`` answers are still streaming
 (never refused). It ends by itself once the bag is replayed and every question is answered.
 """
@@ -52,13 +52,15 @@ class Figures:
 
 
 class LiveView:
-    """The demo's node: asks on csr/ask, records csr/language, csr/status and csr/action_chunk
-    (callbacks only record, under a lock)."""
+    """The demo's node: asks through the csr/ask action (feedback: the answer so far), records
+    csr/status and csr/action_chunk (callbacks only record, under a lock)."""
 
     def __init__(self, context, qa):
+        from rclpy.action import ActionClient
         from rclpy.node import Node
 
-        from csr_ros.msg import ActionChunk, CacheStatus, Utterance
+        from csr_ros.action import Ask
+        from csr_ros.msg import ActionChunk, CacheStatus
         from csr_ros.nodes import qos
 
         self.node = Node("csr_demo", context=context)
@@ -67,16 +69,41 @@ class LiveView:
         self.chunk_times: deque[float] = deque(maxlen=4096)
         self.status = None
         self._lock = threading.Lock()
-        self._utterance = Utterance
-        self.pub = self.node.create_publisher(Utterance, "csr/ask", qos.LANGUAGE)
-        self.node.create_subscription(Utterance, "csr/language", self._on_language, qos.LANGUAGE)
+        self._ask = Ask
+        self.client = ActionClient(self.node, Ask, "csr/ask")
         self.node.create_subscription(CacheStatus, "csr/status", self._on_status, qos.STATUS)
         self.node.create_subscription(ActionChunk, "csr/action_chunk", self._on_chunk, qos.ACTIONS)
 
     def ask(self, q) -> None:
+        """Send the question as a goal; feedback and the result come back on the executor."""
         with self._lock:
             self.answers[q.id] = Answer(time.perf_counter())
-        self.pub.publish(self._utterance(request_id=q.id, text=q.question, is_final=True))
+        sent = self.client.send_goal_async(self._ask.Goal(question=q.question),
+                                           feedback_callback=lambda m, i=q.id: self._on_feedback(i, m.feedback))
+        sent.add_done_callback(lambda f, i=q.id: self._on_sent(i, f.result()))
+
+    def _on_sent(self, qid: str, handle) -> None:
+        if handle is None or not handle.accepted:
+            self._finish(qid, "refused: goal rejected", "")
+            return
+        handle.get_result_async().add_done_callback(
+            lambda f: self._finish(qid, f.result().result.answer, f.result().result.context))
+
+    def _on_feedback(self, qid: str, fb) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            a = self.answers.get(qid)
+            if a is not None and not a.final:
+                a.first = a.first or now
+                a.text = fb.partial
+
+    def _finish(self, qid: str, text: str, context: str) -> None:
+        now = time.perf_counter()
+        with self._lock:
+            a = self.answers.get(qid)
+            if a is not None and not a.final:
+                a.first = a.first or now
+                a.text, a.context, a.final = text, context, True
 
     def open_count(self) -> int:
         """Questions asked whose final answer has not come back."""
@@ -86,20 +113,6 @@ class LiveView:
     def finals(self) -> dict[str, Answer]:
         with self._lock:
             return {k: a for k, a in self.answers.items() if a.final}
-
-    def _on_language(self, msg) -> None:
-        now = time.perf_counter()
-        with self._lock:
-            a = self.answers.get(msg.request_id)
-            if a is None or a.final:
-                return
-            if a.first is None:
-                a.first = now
-            if msg.is_final:
-                a.text = a.text or msg.text  # the whole answer comes in the final when nothing streamed
-                a.context, a.final = msg.context, True
-            else:
-                a.text += msg.text
 
     def _on_status(self, msg) -> None:
         self.status = msg
@@ -167,6 +180,11 @@ def run_graph(args: argparse.Namespace, paths, qa) -> int:
         print(f"bad configuration: {e}")
         context.try_shutdown()
         return 2
+    graph.start()
+    code = graph.bring_up()  # configure (loads the model) + activate
+    if code:
+        graph.shutdown()
+        return code
     cfg = graph.node.cfg
     print(f"csr graph up in {time.perf_counter() - t_load:.1f} s: {cfg.model.model} ({cfg.model.backend}), "
           f"inference + reconciler nodes, actions at {cfg.control.control_rate_hz:g} Hz ({cfg.control.policy} "
@@ -176,7 +194,6 @@ def run_graph(args: argparse.Namespace, paths, qa) -> int:
     ex = SingleThreadedExecutor(context=context)
     ex.add_node(view.node)
     spin = threading.Thread(target=ex.spin, name="csr-demo-executor", daemon=True)
-    graph.start()
     spin.start()
     t0 = time.perf_counter()
     try:
@@ -198,8 +215,8 @@ def _start_replay(args, paths, graph, view, stop):
     from csr_ros.cli.replay import Replayer
 
     inputs = {i.topic: i.msg_type for i in graph.node.inputs}
-    if not _wait_for(lambda: view.node.count_subscribers("csr/ask") > 0, 30.0, stop):
-        print("the graph's csr/ask subscription did not come up")
+    if not view.client.wait_for_server(timeout_sec=30.0):
+        print("the graph's csr/ask action server did not come up")
         return None, None
     rep = Replayer(view.node, str(paths.bag), args.rate)
     rep.advertise(inputs)
@@ -263,13 +280,17 @@ def summary(view: LiveView, qa, graph, figs: Figures, wall_s: float, rate: float
     """Print the summary; the exit code (1 only when the graph failed or answered nothing)."""
     finals = view.finals()
     answered = [q for q in qa if q.id in finals and not finals[q.id].text.startswith(("refused:", "error:"))]
+    from csr_ros.cli.eval.scoring import drifted
+
     right = sum(q.correct_text(finals[q.id].text) for q in answered)
+    drift = sum(drifted(finals[q.id].text, q.candidates) for q in answered)
     ttft = [finals[q.id].ttft_ms for q in answered]
     contexts = sorted({finals[q.id].context for q in answered})
     mean_hz = view.action_rate_hz(figs.start, figs.end)
     cfg, s = graph.node.cfg, view.status
     print(f"\nsummary: {len(answered)}/{len(qa)} questions answered, {right} correct (free-form, "
-          f"{'/'.join(contexts) or '-'} context); TTFT p50 {_p(ttft, 50):.0f} ms, p99 {_p(ttft, 99):.0f} ms")
+          f"{'/'.join(contexts) or '-'} context), {drift} off the question (named no candidate); "
+          f"TTFT p50 {_p(ttft, 50):.0f} ms, p99 {_p(ttft, 99):.0f} ms")
     print(f"  actions: {mean_hz:.1f} Hz over the replay (configured {cfg.control.control_rate_hz:g} Hz; "
           f"lowest {RATE_WINDOW_S:g}-s window {min(figs.rates_hz, default=float('nan')):.1f} Hz)")
     if s is not None:

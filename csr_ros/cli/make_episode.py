@@ -4,9 +4,9 @@ A robot walks from room to room. In each room it reports (std_msgs/String on /ob
 the objects it sees there, plus plenty of distractors (people, lights, appliances, sounds,
 battery); its pose (PoseStamped on /robot_pose) changes per room, its arm (JointState on
 /joint_states) moves now and then. Between visits people move objects to other rooms, sometimes
-in view ("A person picks up the red cup."). Questions ask where an object is now (its last
-sighting) and where it was first seen, at times spread over the episode, with the ten rooms as
-the closed set (chance 0.10).
+in view ("A person picks up the red cup."); doors are reported open or closed on /doors. Questions
+of every kind of :mod:`csr_ros.cli.eval.questions` (where now / first, when last / first seen,
+how many times, what is in a room, never seen, door state) at times spread over the episode.
 
 The simulation (:class:`World`) is separate from the phrasing (:class:`Phrasing`): the phrasing
 renders sightings and writes the matching String patterns into ``params.yaml``, so the eval
@@ -20,11 +20,13 @@ import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import yaml
 
-from csr_ros.cli.eval.episode import QAItem, dump_qa, typestore, write_bag
+from csr_ros.cli.eval.episode import dump_qa, typestore, write_bag
+from csr_ros.cli.eval.questions import KINDS, QuestionMaker, make_questions
 
 ROOMS = ("kitchen", "living room", "bedroom", "bathroom", "garage", "office", "hallway",
          "dining room", "laundry room", "garden")
@@ -54,6 +56,22 @@ class Phrasing:
         r"The (?P<entity>[a-z][a-z ]*?) is on the [a-z]+ in the (?P<value>[a-z]+(?: room)?)\b",
     )
     attribute: str = "location"
+    door: str = "The {door} is {state}."  # on /doors
+    door_patterns: tuple[str, ...] = (r"The (?P<entity>[a-z]+ door) is (?P<value>open|closed)\b",)
+
+
+CAMERA = Phrasing(
+    sightings=("Camera sees the {obj} on the {furniture} in the {room}.",
+               "Camera sees the {obj} near the {furniture} in the {room}.",
+               "Camera: {obj} detected in the {room}, confidence high."),
+    pickup="Camera sees a person take the {obj}.",
+    patterns=(r"Camera sees the (?P<entity>[a-z][a-z ]*?) (?:on|near) the [a-z]+ in the (?P<value>[a-z]+(?: room)?)\b",
+              r"Camera: (?P<entity>[a-z][a-z ]*?) detected in the (?P<value>[a-z]+(?: room)?),"),
+    door="door sensor: {door} {state}",
+    door_patterns=(r"door sensor: (?P<entity>[a-z]+ door) (?P<value>open|closed)\b",))
+"""A second phrasing (``--phrasing camera``): other words, other patterns, the same world."""
+PHRASINGS = {"default": Phrasing(), "camera": CAMERA}
+DOORS = ("front door", "back door", "garage door", "patio door")
 
 
 DISTRACTORS = (
@@ -124,16 +142,32 @@ def _distractor(rng: random.Random, room: str) -> str:
                                           pct=rng.randint(20, 99), temp=round(rng.uniform(18, 25), 1))
 
 
-def simulate(seed: int, n_messages: int, n_objects: int, phrasing: Phrasing, dt_s: float = 2.0):
-    """``(world, records)``: records are ``(t_s, topic, kind, payload)`` in time order."""
-    rng = random.Random(seed)
+def _door_report(drng: random.Random, doors: dict, door_log: dict, t: float, phrasing: Phrasing) -> str:
+    """A door report (a door toggles half of the time); logs ``(t, state)``."""
+    d = drng.choice(sorted(doors))
+    if drng.random() < 0.5:
+        doors[d] = "closed" if doors[d] == "open" else "open"
+    door_log.setdefault(d, []).append((t, doors[d]))
+    return phrasing.door.format(door=d, state=doors[d])
+
+
+def simulate(seed: int, n_messages: int, n_objects: int, phrasing: Phrasing, dt_s: float = 2.0,
+             doors: bool = False):
+    """``(world, records, door_log)``: records are ``(t_s, topic, kind, payload)`` in time order;
+    ``doors``: door reports on /doors too (their own random stream: the rest stays the same)."""
+    rng, drng = random.Random(seed), random.Random(seed * 31 + 17)
     world = World(rng, tuple(rng.sample(OBJECTS, n_objects)))
     records: list[tuple[float, str, str, object]] = []
+    door_state = {d: drng.choice(("open", "closed")) for d in DOORS} if doors else {}
+    door_log: dict[str, list[tuple[float, str]]] = {}
     t = 0.0
     while len(records) < n_messages:
         room = rng.choice(ROOMS)
         records.append((t, "/robot_pose", "pose", room))
         t += 0.5
+        if doors and drng.random() < 0.4:
+            records.append((t, "/doors", "text", _door_report(drng, door_state, door_log, t, phrasing)))
+            t += 0.1
         here = [o for o in world.objects if world.place[o] == room]
         lines = []
         for o in rng.sample(here, min(len(here), rng.randint(1, 3))):
@@ -161,46 +195,22 @@ def simulate(seed: int, n_messages: int, n_objects: int, phrasing: Phrasing, dt_
         for _ in range(rng.choice((0, 1, 1, 2))):
             world.move_one()
         t += dt_s
-    return world, records[:n_messages]
+    records = records[:n_messages]
+    end = records[-1][0]
+    return world, records, {d: [x for x in log if x[0] <= end] for d, log in door_log.items()}
 
 
-def make_questions(world: World, end_s: float, n: int, rng: random.Random) -> list[QAItem]:
-    """Questions at times spread over the last 70% of the episode (answers from the world)."""
-    out: list[QAItem] = []
-    asked: dict[str, int] = {}
-    kinds = ["now", "first"] * (n // 2 + 1)
-    times = sorted(rng.uniform(0.3 * end_s, end_s) for _ in range(n))
-    for i, t in enumerate(times):
-        kind = kinds[i]
-        ok = []
-        for o in world.objects:
-            s, picked = world.known_at(o, t)
-            if s and not picked:
-                ok.append((len({r for _, r in s}) > 1, o, s))
-        moved = [x for x in ok if x[0]]
-        pool = moved if moved and rng.random() < 0.67 else ok
-        if not pool:
-            continue
-        least = min(asked.get(x[1], 0) for x in pool)  # spread questions over the objects
-        _, o, s = rng.choice([x for x in pool if asked.get(x[1], 0) == least])
-        asked[o] = asked.get(o, 0) + 1
-        t_ev, room = s[-1] if kind == "now" else s[0]
-        is_, was = ("are", "were") if o in PLURAL else ("is", "was")
-        q = f"Where {is_} the {o} now?" if kind == "now" else f"Where {was} the {o} first seen?"
-        lead = f"The {o} {is_} in the" if kind == "now" else f"The {o} {was} first seen in the"
-        out.append(QAItem(f"q{i:02d}", round(t, 3), q, (room,), tuple(r for r in ROOMS if r != room),
-                          (round(t_ev, 3),), lead, {"kind": kind, "object": o}))
-    return out
-
-
-def params_for(phrasing: Phrasing) -> dict:
+def params_for(phrasing: Phrasing, doors: bool = False) -> dict:
     """The ROS 2 params file of the episode: inputs with the String patterns of its phrasing."""
+    door_input = {"doors": {"topic": "/doors", "type": "std_msgs/msg/String", "serializer": "string",
+                            "patterns": list(phrasing.door_patterns), "attribute": "state"}} if doors else {}
     return {"/**": {"ros__parameters": {
         "inputs": {
-            "names": ["observations", "joints", "pose"],
+            "names": ["observations", "joints", "pose"] + (["doors"] if doors else []),
             "observations": {"topic": "/observations", "type": "std_msgs/msg/String",
                              "serializer": "string", "patterns": list(phrasing.patterns),
                              "attribute": phrasing.attribute},
+            **door_input,
             "joints": {"topic": "/joint_states", "type": "sensor_msgs/msg/JointState",
                        "serializer": "joint_state", "min_change": 0.05},
             "pose": {"topic": "/robot_pose", "type": "geometry_msgs/msg/PoseStamped",
@@ -209,13 +219,18 @@ def params_for(phrasing: Phrasing) -> dict:
 
 
 def make_episode(out: str | Path, seed: int, n_messages: int = 280, n_questions: int = 24,
-                 n_objects: int = 16, storage: str = "mcap", phrasing: Phrasing = Phrasing()) -> dict:
-    """Write ``OUT/bag`` (rosbag2), ``OUT/qa.jsonl`` and ``OUT/params.yaml``; returns a summary."""
+                 n_objects: int = 16, storage: str = "mcap", phrasing: Phrasing = Phrasing(),
+                 kinds: Sequence[str] = KINDS, wordings: str = "dev", lead_ins: bool = False) -> dict:
+    """Write ``OUT/bag`` (rosbag2), ``OUT/qa.jsonl`` and ``OUT/params.yaml``; returns a summary.
+
+    ``kinds``: question kinds (:mod:`csr_ros.cli.eval.questions`); ``wordings``: dev | heldout;
+    ``lead_ins``: write the older hand-written ``lead_in`` per question (for comparison)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if (out / "bag").exists():
         raise FileExistsError(f"{out / 'bag'} exists; choose an empty folder")
-    world, records = simulate(seed, n_messages, n_objects, phrasing)
+    doors = "door" in kinds
+    world, records, door_log = simulate(seed, n_messages, n_objects, phrasing, doors=doors)
     store, rng = typestore(), random.Random(seed * 7919 + 1)
     t0_ns = 1_700_000_000 * 10**9 + seed * 10**9
 
@@ -230,12 +245,14 @@ def make_episode(out: str | Path, seed: int, n_messages: int = 280, n_questions:
                 yield ns, topic, "sensor_msgs/msg/JointState", _joints(store, ns, rng)
 
     n = write_bag(out / "bag", msgs(), storage)
-    qa = make_questions(world, records[-1][0], n_questions, random.Random(seed * 104729 + 3))
+    absent = [o for o in OBJECTS if o not in world.objects]
+    maker = QuestionMaker(world, ROOMS, door_log, absent, PLURAL, wordings, lead_ins)
+    qa = make_questions(maker, records[-1][0], n_questions, random.Random(seed * 104729 + 3), kinds)
     dump_qa(qa, out / "qa.jsonl")
     (out / "params.yaml").write_text(
         f"# csr_ros params for the synthetic household episode (seed {seed}): the String patterns\n"
         "# below turn its sightings into facts (entity = object, value = room).\n"
-        + yaml.safe_dump(params_for(phrasing), sort_keys=False, width=200))
+        + yaml.safe_dump(params_for(phrasing, doors), sort_keys=False, width=200))
     return {"messages": n, "questions": len(qa), "duration_s": records[-1][0], "objects": len(world.objects)}
 
 
@@ -246,12 +263,23 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--questions", type=int, default=24)
     p.add_argument("--objects", type=int, default=16, help=f"objects in the house (<= {len(OBJECTS)})")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    p.add_argument("--kinds", default=",".join(KINDS), help=f"question kinds, comma-separated, from {','.join(KINDS)}")
+    p.add_argument("--phrasing", choices=sorted(PHRASINGS), default="default", help="how observations are worded "
+                   "(each phrasing writes its own patterns into params.yaml)")
+    p.add_argument("--wordings", choices=("dev", "heldout"), default="dev", help="question wordings: the ones the "
+                   "question classifier was tuned on, or held-out ones (csr_ros/cli/eval/wordings.py)")
+    p.add_argument("--lead-ins", action="store_true", help="write a hand-written lead_in per question (the older "
+                   "QA format; answers no longer need one)")
 
 
 def run(args: argparse.Namespace) -> int:
     if not 1 <= args.objects <= len(OBJECTS):
         raise SystemExit(f"--objects must be in [1, {len(OBJECTS)}]")
-    info = make_episode(args.out, args.seed, args.messages, args.questions, args.objects, args.storage)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or any(k not in KINDS for k in kinds):
+        raise SystemExit(f"--kinds: choose from {','.join(KINDS)}")
+    info = make_episode(args.out, args.seed, args.messages, args.questions, args.objects, args.storage,
+                        PHRASINGS[args.phrasing], kinds, args.wordings, args.lead_ins)
     print(f"wrote {args.out}: {info['messages']} messages over {info['duration_s']:.0f} s, "
           f"{info['questions']} questions, {info['objects']} objects")
     return 0

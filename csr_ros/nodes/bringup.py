@@ -1,36 +1,52 @@
-"""Bringup: THE one place that declares the executors, callback groups, threads and shutdown order
-of the csr_ros graph. Used by the ``csr_node`` executable (:func:`main`, launch files) and by
-``csr-ros run`` (:func:`run`).
+"""Bringup: THE one place that declares the executors, callback groups, threads, lifecycle
+bring-up and shutdown order of the csr_ros graph. Used by the ``csr_node`` executable
+(:func:`main`, launch files), by ``csr-ros run`` (:func:`run`) and by ``csr-ros demo``.
 
 One process, one private rclpy Context, three nodes (two of them share the model and its KV memory)::
 
   thread                       runs                                       touches the model?
   ---------------------------  -----------------------------------------  ------------------
-  main                         start-up, waits for SIGINT/SIGTERM,        no
-                               then the ordered shutdown below
+  main                         start-up, lifecycle bring-up (autostart:   configure loads it
+                               configure + activate), waits for
+                               SIGINT/SIGTERM, then the ordered shutdown
   csr-action-executor          SingleThreadedExecutor with node           no
                                `csr_actions`: action timer ->
                                chunk_for_publish (never waits on the model,
                                never queues behind inputs)
-  csr-inference-executor       MultiThreadedExecutor(ros.executor_threads) no
-                               with node `csr` and its callback groups:
+  csr-inference-executor       MultiThreadedExecutor(ros.executor_threads no (configure, when
+                               + ASK_GOAL_THREADS) with the lifecycle      a lifecycle manager
+                               node `csr` and its callback groups:         calls it, loads it)
+      default    (MutuallyExclusive)  lifecycle services (change_state: configure loads the model)
       perception (MutuallyExclusive)  perception subscriptions -> submit_increment
       requests   (MutuallyExclusive)  csr/ask, csr/instruction -> ask / set_instruction
       status     (MutuallyExclusive)  status timer -> status()
-    The three groups may run in parallel with each other; within a group, callbacks are serial
-    (so a serializer's change detection never races with itself).
-  csr-model-worker             InferenceNode.run_worker: run_frame()      yes (inference side)
-                               once per control period
+      answers    (Reentrant)          Ask action: goal/cancel callbacks; one execute callback per
+                                      open goal waits for its answer pieces (threads are made
+                                      on demand, up to ASK_GOAL_THREADS extra)
+      management (MutuallyExclusive)  services: queue a worker call, wait for its result
+    The groups may run in parallel with each other; within a MutuallyExclusive group, callbacks
+    are serial (so a serializer's change detection never races with itself).
+  csr-model-worker             InferenceNode.run_worker: run_frame() and  yes (inference side)
+                               the worker calls once per control period
+                               (idle while `csr` is unconfigured)
   csr-reconciler-executor      SingleThreadedExecutor with node           yes (builds in a fresh
                                `csr_reconciler`: timer -> run_once()      KV state; own torch threads)
+
+Lifecycle: `csr` is a managed node; `csr_actions` and `csr_reconciler` follow it (bound at its
+configure, unbound at its cleanup; the action clock publishes only what the scheduler hands out:
+nothing while inactive but the one hold chunk at deactivation). ``ros.autostart`` (default
+true) configures and activates `csr` at start; false leaves it unconfigured for an external
+manager (``ros2 lifecycle set /csr configure``).
 
 Shutdown order (on SIGINT/SIGTERM, or when a thread dies): (1) set the stop event: the worker
 finishes its current frame, a running build is cancelled at its next chunk; (2) join the model
 worker; (3) shut the reconciler executor down and join its thread; (4) shut the inference
 executor down (inputs stop after the model is quiet) and join it; (5) shut the action executor
 down last (the action clock publishes until the end; no chunk outlives its ``valid_until``) and
-join it; (6) destroy the nodes (reconciler first); (7) close the on-disk ledger (a final
-fsync); (8) shut the context down. Exit code 0 on a clean stop, 2 on a bad parameter, 1 on any other failure.
+join it; (6) the lifecycle shutdown transition of `csr` from whatever state it is in: followers
+unbound, the on-disk ledger flushed and closed (a final fsync), the model freed; (7) destroy
+the nodes (reconciler first); (8) shut the context down. Exit code 0 on a clean stop, 2 on a
+bad parameter (configure failed on it), 1 on any other failure.
 """
 
 from __future__ import annotations
@@ -44,12 +60,13 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.context import Context
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
-from csr_ros.core.config import ConfigError, CsrConfig
+from csr_ros.core.config import ConfigError, CsrConfig, param_table
 from csr_ros.core.model.device import set_thread_budget
+from csr_ros.core.model.streams import use_hot_stream
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.parameters import with_default_params_file
@@ -57,6 +74,10 @@ from csr_ros.nodes.reconciler_node import ReconcilerNode
 from csr_ros.share import ShareNotFound
 
 JOIN_TIMEOUT_S = 30.0
+ASK_GOAL_THREADS = next(int(s.validation["bounds<>"][1]) for s in param_table()
+                        if s.key == "language.max_open_requests")
+"""Extra inference-executor threads for the Ask action's execute callbacks (one per open goal,
+at most ``language.max_open_requests``'s upper bound; the pool makes them on demand)."""
 GIL_SWITCH_INTERVAL_S = 0.001
 """How long a Python thread may hold the interpreter lock while another waits (CPython's default
 is 5 ms). The graph runs several Python threads (executors, model worker, reconciler); under an
@@ -117,7 +138,8 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
         system = system_prompt_with_actions(system, registry)
     summarizer = ModelSummarizer(backend) if r.policy == "summary" else None
     compactor = Compactor(r.policy, b.evict_frac, backend.template, backend.encode, summarizer)
-    store = LedgerStore(led.dir, led.fsync, led.batch_period_s) if led.dir else None
+    store = (LedgerStore(led.dir, led.fsync, led.batch_period_s, backlog_max_records=led.backlog_max_records,
+                         retry_period_s=led.retry_period_s) if led.dir else None)
     engine = CsrEngine(backend, b.budget_tokens, b.high_water_frac, b.evict_frac, system, clock_ns,
                        compactor=compactor, store=store,
                        memory=EntityMemory() if cfg.memory.focus_enabled or cfg.memory.answer_context == "memory"
@@ -133,17 +155,22 @@ def build_core(cfg: CsrConfig, clock_ns: Callable[[], int]) -> Core:
     return Core(scheduler, reconciler, store.close if store is not None else (lambda: None))
 
 
-def _answer_prompts(cfg: CsrConfig, engine) -> Callable[[str], object] | None:
-    """Question -> the configured answer context (``memory.answer_context``, with focus lines:
-    :class:`csr_ros.core.runtime.answer.AnswerContexts`, entity names matched exactly and normalised,
-    no embeddings); None: the scheduler's plain query after the state."""
-    m = cfg.memory
-    if not m.focus_enabled and m.answer_context == "state":
-        return None
+def _answer_prompts(cfg: CsrConfig, engine) -> Callable[..., object]:
+    """``(question, context=None)`` -> the answer prompt: ``context`` ("state" | "memory"; None:
+    ``memory.answer_context``, with focus lines: :class:`csr_ros.core.runtime.answer.AnswerContexts`,
+    entity names matched exactly and normalised, no embeddings). With focus off and the state
+    context, the state context is the scheduler's plain query after the state."""
     from csr_ros.core.runtime.answer import AnswerContexts
 
+    m, lead_in = cfg.memory, cfg.language.lead_in
     contexts = AnswerContexts(m)
-    return lambda question: contexts.build(engine, question, cfg.language.lead_in)
+    plain = not m.focus_enabled and m.answer_context == "state"
+
+    def prompt(question: str, context: str | None = None):
+        if plain and context in (None, "", "state"):
+            return engine.query_ids(question, lead_in)
+        return contexts.build(engine, question, lead_in, context or None)
+    return prompt
 
 
 # ------------------------------------------------------------------------------ logging
@@ -171,47 +198,59 @@ class _RosLogHandler(logging.Handler):
 
 # ------------------------------------------------------------------------------ the graph
 class Graph:
-    """Both nodes, their executors and threads; :meth:`shutdown` runs the documented order."""
+    """The three nodes, their executors and threads; :meth:`bring_up` runs the lifecycle
+    transitions, :meth:`shutdown` the documented order."""
 
     def __init__(self, context: Context, stop: threading.Event):
         self.context, self.stop = context, stop
         self.failed = False  # a thread died: exit code 1
-        self.node = InferenceNode(context)  # declares + validates parameters (ConfigError)
-        cfg = self.node.cfg
-        self.core = build_core(cfg, self.node.now_ns)
         groups = InferenceGroups(perception=MutuallyExclusiveCallbackGroup(),
                                  requests=MutuallyExclusiveCallbackGroup(),
-                                 status=MutuallyExclusiveCallbackGroup())
-        self.node.start(self.core.scheduler, groups)
-        self.inference_executor = MultiThreadedExecutor(num_threads=cfg.ros.executor_threads, context=context)
+                                 status=MutuallyExclusiveCallbackGroup(),
+                                 answers=ReentrantCallbackGroup(),
+                                 management=MutuallyExclusiveCallbackGroup())
+        self.node = InferenceNode(context, build_core=build_core, groups=groups)  # declares its parameters
+        threads = int(self.node.get_parameter("ros.executor_threads").value)
+        self.inference_executor = MultiThreadedExecutor(num_threads=threads + ASK_GOAL_THREADS, context=context)
         self.inference_executor.add_node(self.node)
-        self.action_node = ActionNode(context, self.core.scheduler, cfg.control.control_rate_hz,
-                                      cfg.ros.publish_joint_trajectory, self.node.use_sim_time)
+        self.action_node = ActionNode(context, use_sim_time=self.node.use_sim_time)
+        self.reconciler_node = ReconcilerNode(context, None, 1.0, self.stop, MutuallyExclusiveCallbackGroup(),
+                                              self.node.use_sim_time)
+        self.node.followers += [self.action_node, self.reconciler_node]
         self.node.time_followers.append(self.action_node)
         self.action_executor = SingleThreadedExecutor(context=context)
         self.action_executor.add_node(self.action_node)
-        self.reconciler_node = self.reconciler_executor = None
-        if self.core.reconciler is not None:
-            self.reconciler_node = ReconcilerNode(context, self.core.reconciler, cfg.ros.reconciler_period_s,
-                                                  self.stop, MutuallyExclusiveCallbackGroup(),
-                                                  self.node.use_sim_time)
-            self.reconciler_executor = SingleThreadedExecutor(context=context)
-            self.reconciler_executor.add_node(self.reconciler_node)
+        self.reconciler_executor = SingleThreadedExecutor(context=context)
+        self.reconciler_executor.add_node(self.reconciler_node)
         self.threads = {
             "csr-action-executor": threading.Thread(target=self._spin, args=(self.action_executor,)),
             "csr-inference-executor": threading.Thread(target=self._spin, args=(self.inference_executor,)),
             "csr-model-worker": threading.Thread(target=self._guard, args=(self._model_worker,)),
+            "csr-reconciler-executor": threading.Thread(target=self._spin, args=(self.reconciler_executor,)),
         }
-        if self.reconciler_executor is not None:
-            self.threads["csr-reconciler-executor"] = threading.Thread(
-                target=self._spin, args=(self.reconciler_executor,))
         for name, t in self.threads.items():
             t.name, t.daemon = name, True
 
+    def bring_up(self) -> int:
+        """configure + activate `csr` (autostart). 0 when active; 2 when configure failed on a
+        parameter (the message names it); 1 on any other failure (logged)."""
+        from rclpy.lifecycle import TransitionCallbackReturn as R
+
+        node = self.node
+        if node.trigger_configure() != R.SUCCESS:
+            print(f"csr_node: configure failed: {node.last_error}", file=sys.stderr)
+            return 2 if node.last_error.startswith(("parameter ", "unknown parameter")) else 1
+        if node.trigger_activate() != R.SUCCESS:
+            print(f"csr_node: activate failed: {node.last_error}", file=sys.stderr)
+            return 1
+        return 0
+
     def _model_worker(self) -> None:
-        threads = self.node.cfg.model.torch_threads
-        if self.node.cfg.model.backend == "hf":
+        threads = int(self.node.get_parameter("model.torch_threads").value)
+        if self.node.get_parameter("model.backend").value == "hf":
             set_thread_budget(threads)  # this thread's own intra-op budget (0: torch's default)
+            backend = getattr(getattr(getattr(self.node, "scheduler", None), "engine", None), "backend", None)
+            use_hot_stream(getattr(backend, "device", "cpu"))  # CUDA: frames ahead of the rebuild's stream
         self.node.run_worker(self.stop)
 
     def _guard(self, fn, *args) -> None:
@@ -231,9 +270,14 @@ class Graph:
     def start(self) -> None:
         for t in self.threads.values():
             t.start()
-        self.node.get_logger().info(
-            f"csr graph up: {len(self.node.inputs)} inputs, backend {self.node.cfg.model.backend}, "
-            f"{self.node.cfg.control.control_rate_hz:g} Hz actions, threads {', '.join(self.threads)}")
+
+    def log_up(self) -> None:
+        node = self.node
+        backend = node.cfg.model.backend if node.cfg is not None else node.get_parameter("model.backend").value
+        rate = f"{node.cfg.control.control_rate_hz:g} Hz actions, " if node.cfg is not None else ""
+        node.get_logger().info(
+            f"csr graph up: {len(node.inputs)} inputs, backend {backend}, {rate}lifecycle state "
+            f"{node.lifecycle_state}, threads {', '.join(self.threads)}")
 
     def wait(self) -> None:
         """Block until stopped (signal handler, dead thread or :meth:`shutdown`)."""
@@ -243,21 +287,22 @@ class Graph:
     def shutdown(self) -> None:
         """The documented shutdown order (idempotent)."""
         self.stop.set()                                                            # (1)
-        if self.core.reconciler is not None:
-            self.core.reconciler.cancel()
+        core = self.node.core
+        if core is not None and core.reconciler is not None:
+            core.reconciler.cancel()
         self._join("csr-model-worker")                                              # (2)
-        if self.reconciler_executor is not None:
-            self.reconciler_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)           # (3)
-            self._join("csr-reconciler-executor")
+        self.reconciler_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)               # (3)
+        self._join("csr-reconciler-executor")
         self.inference_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)                # (4)
         self._join("csr-inference-executor")
         self.action_executor.shutdown(timeout_sec=JOIN_TIMEOUT_S)                   # (5)
         self._join("csr-action-executor")
-        if self.reconciler_node is not None:                                         # (6)
-            self.reconciler_node.destroy_node()
+        if self.node.lifecycle_state in ("unconfigured", "inactive", "active"):    # (6)
+            self.node.trigger_shutdown()
+        self.node.teardown()  # a no-op after the transition; frees the core in any other state
+        self.reconciler_node.destroy_node()                                         # (7)
         self.action_node.destroy_node()
         self.node.destroy_node()
-        self.core.close()                                                           # (7)
         self.context.try_shutdown()                                                 # (8)
 
     def _join(self, name: str) -> None:
@@ -301,6 +346,11 @@ def run(ros_args: Sequence[str] = ()) -> int:
         core_log.addHandler(_RosLogHandler(graph.node.get_logger()))
         core_log.setLevel(logging.INFO)
         graph.start()
+        if graph.node.get_parameter("ros.autostart").value:
+            code = graph.bring_up()
+            if code:
+                return code
+        graph.log_up()
         graph.wait()
         return 1 if graph.failed else 0
     except ConfigError as e:

@@ -117,7 +117,11 @@ def status_to_msg(status: "StatusOut", stamp_ns: int, extra_rejected: int = 0) -
 
 
 def diagnostic_level(status: "StatusOut") -> tuple[bytes, str]:
-    """Health of the cached state: (DiagnosticStatus level, message)."""
+    """Health of the cached state: (DiagnosticStatus level, message). ERROR while a serving
+    engine is away or the ledger's disk fails (the node holds / serves from memory meanwhile)."""
+    fault = status.fault()
+    if fault:
+        return DiagnosticStatus.ERROR, fault
     if status.reconciler_state == CacheStatus.RECONCILER_FAILED:
         return DiagnosticStatus.WARN, "reconciler failed: compaction falls back to synchronous eviction"
     if status.cached_tokens >= status.budget_tokens:

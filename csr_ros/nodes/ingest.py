@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import importlib
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from csr_ros.core.state.ledger import Fact
 from csr_ros.nodes.parameters import InputSpec
+from csr_ros.nodes.input_filter import InputCounters, InputFilter
 from csr_ros.nodes.serializers import Rejected, build_serializer
 
 SubmitFn = Callable[[str, int, str, Sequence[Fact]], None]
@@ -23,63 +23,48 @@ SubmitFn = Callable[[str, int, str, Sequence[Fact]], None]
 LogFn = Callable[[str], None]
 
 
-@dataclass
-class InputCounters:
-    """Per-input counts (messages)."""
-
-    received: int = 0
-    accepted: int = 0
-    throttled: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-    last_reject_reason: str = ""
-
-
 class InputGate:
-    """Throttle, serialize, forward and count the messages of one input (thread-safe)."""
+    """Throttle, serialize, forward and count the messages of one input (thread-safe): the
+    shared :class:`~csr_ros.nodes.input_filter.InputFilter` decision plus forwarding and
+    throttled logging."""
 
     def __init__(self, spec: InputSpec, submit: SubmitFn, warn: LogFn, log_throttle_s: float = 5.0):
         self.spec = spec
-        self.serializer = build_serializer(spec.name, spec.serializer, spec.options)
-        self.counters = InputCounters()
+        self.filter = InputFilter(build_serializer(spec.name, spec.serializer, spec.options),
+                                  int(spec.min_period_s * 1e9))
         self._submit, self._warn = submit, warn
-        self._min_period_ns = int(spec.min_period_s * 1e9)
         self._log_period_ns = int(log_throttle_s * 1e9)
-        self._last_accept_ns: int | None = None
         self._last_log_ns: int | None = None
         self._unlogged = 0
         self._lock = threading.Lock()
+
+    @property
+    def counters(self) -> InputCounters:
+        return self.filter.counters
 
     def offer(self, msg: Any, now_ns: int) -> str:
         """Handle one message received at ``now_ns`` (node clock). Returns what happened:
         "accepted", "throttled", "unchanged" or "rejected". Never raises."""
         with self._lock:
-            c = self.counters
-            c.received += 1
-            last = self._last_accept_ns
-            if last is not None and 0 <= now_ns - last < self._min_period_ns:
-                c.throttled += 1
-                return "throttled"
             stamp_ns = message_stamp_ns(msg) or now_ns
             try:
-                obs = self.serializer(msg, stamp_ns)
+                outcome, obs = self.filter.offer(msg, stamp_ns, now_ns)
                 if obs is None:
-                    c.unchanged += 1
-                    return "unchanged"
+                    return outcome
                 self._submit(self.spec.topic, stamp_ns, obs.text, obs.facts)
-            except Rejected as e:
-                self._reject(f"rejected a malformed message: {e}", now_ns)
+            except Rejected:
+                self._log_reject(now_ns)
                 return "rejected"
             except Exception as e:  # noqa: BLE001 - never raise into the executor
-                self._reject(f"failed on a message: {type(e).__name__}: {e}", now_ns)
+                self.counters.rejected += 1
+                self.counters.last_reject_reason = f"could not forward a message: {type(e).__name__}: {e}"
+                self._log_reject(now_ns)
                 return "rejected"
-            self._last_accept_ns = now_ns
-            c.accepted += 1
+            self.filter.commit(now_ns)
             return "accepted"
 
-    def _reject(self, reason: str, now_ns: int) -> None:
-        self.counters.rejected += 1
-        self.counters.last_reject_reason = reason
+    def _log_reject(self, now_ns: int) -> None:
+        reason = self.counters.last_reject_reason
         last = self._last_log_ns
         if last is not None and 0 <= now_ns - last < self._log_period_ns:
             self._unlogged += 1

@@ -92,7 +92,10 @@ def declare(node: Node, spec: ParamSpec) -> Any:
     empty_array = spec.type.endswith("_array") and not spec.default
     default = _ROS_TYPES[spec.type][1] if empty_array else spec.default
     try:
-        value = node.declare_parameter(spec.key, default, descriptor_for(spec)).value
+        if node.has_parameter(spec.key):  # declared before (a lifecycle node configured again)
+            value = node.get_parameter(spec.key).value
+        else:
+            value = node.declare_parameter(spec.key, default, descriptor_for(spec)).value
     except ParameterUninitializedException:
         value = None
 
@@ -103,6 +106,27 @@ def declare(node: Node, spec: ParamSpec) -> Any:
     if value is None:  # an array declared by type only and not overridden
         return list(spec.default)
     return list(value) if spec.type.endswith("_array") else value
+
+
+def declare_deferred(node: Node) -> dict[str, str]:
+    """Declare every row of the table without failing (a lifecycle node validates at configure):
+    a row whose override has a wrong type or is out of its range is declared with its default
+    and returned as ``{key: message naming the parameter and its range}``."""
+    bad = {}
+    for spec in param_table():
+        try:
+            declare(node, spec)
+        except ConfigError:
+            override = node._parameter_overrides.get(spec.key)
+            try:
+                validate(spec, override.value if override is not None else None)
+                bad[spec.key] = f"parameter {spec.key}: invalid value"
+            except ConfigError as e:
+                bad[spec.key] = str(e)
+            node.declare_parameter(spec.key, _ROS_TYPES[spec.type][1] if spec.type.endswith("_array")
+                                   and not spec.default else spec.default, descriptor_for(spec),
+                                   ignore_override=True)
+    return bad
 
 
 def declare_table(node: Node) -> CsrConfig:

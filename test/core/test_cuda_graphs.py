@@ -123,15 +123,14 @@ def test_failed_capture_falls_back_to_the_plain_forward(tiny, monkeypatch):
     assert runner.stats["graph"] == 0 and not runner.accepts(1)  # not retried
 
 
-def test_declines_masks_other_attention_busy_and_plain_caches(tiny):
+def test_declines_long_appends_other_attention_busy_and_plain_caches(tiny):
     runner = StepRunner(tiny.model, sizes=(1, 3), capture=False)
     kv = KVState(tiny.model, "cpu", 16, runner=runner)
-    kv.append(ids(20, 5))
+    kv.append(ids(20, 5))  # longer than the largest bucket: plain forward
     b1, _ = kv.open_branch(ids(3, 6))
-    b2, _ = kv.open_branch(ids(3, 7))  # sees the state only, not b1: masked forward
-    assert runner.stats["explicit"] == 1
-    kv.step({b2: 9})  # masked (b1 is in the way): plain forward
-    assert runner.stats["explicit"] == 1
+    b2, _ = kv.open_branch(ids(3, 7))  # sees the state only, not b1: masked, through the runner
+    kv.step({b2: 9})  # masked (b1 is in the way), 1 token
+    assert runner.stats["explicit"] == 3 and runner.stats["declined"] == 1
     with runner._lock:  # another thread holds it: the caller takes the plain path
         assert runner.forward([1], [0], lambda i, k, v: (k, v)) is None
     tiny.model.set_attn_implementation("sdpa")

@@ -11,7 +11,10 @@ from csr_ros.core.config import ConfigError, load_params_file
 from csr_ros.cli.eval.episode import (EpisodeError, dump_qa, load_qa, parse_qa_item, read_bag,
                                   resolve_episode, typestore, write_bag)
 from csr_ros.cli.eval.inputs import Perception, parse_inputs, split_params
-from csr_ros.cli.make_episode import ROOMS, make_episode
+from csr_ros.cli.eval.questions import KINDS
+from csr_ros.cli.eval.wordings import HELDOUT
+from csr_ros.cli.make_episode import CAMERA, ROOMS, make_episode
+from csr_ros.core.state.question import NEVER_SEEN
 
 pytestmark = pytest.mark.core
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,24 +125,42 @@ def test_input_errors_name_the_parameter(bad, msg):
 
 
 def _truth_from_bag(ep: Path):
-    """Every location fact read back from the bag through the episode's own params file."""
+    """Every fact ``(t_s, entity, attribute, value)`` read back from the bag through the episode's
+    own params file."""
     _, inputs = split_params(load_params_file(ep / "params.yaml"))
     per = Perception(parse_inputs(inputs))
     facts = []
     for m in read_bag(ep / "bag"):
         o = per(m.topic, m.msgtype, m.msg, m.stamp_ns)
-        facts += [(m.t_s, f.entity, f.value) for f in (o.facts if o else ()) if f.attribute == "location"]
+        facts += [(m.t_s, f.entity.replace("_", " "), f.attribute, f.value) for f in (o.facts if o else ())]
     return facts
 
 
 def _check_answers_from_bag(ep: Path):
+    """Every question's answers follow from the facts the params file reads (all kinds)."""
     facts, qa = _truth_from_bag(ep), load_qa(ep / "qa.jsonl")
     for q in qa:
-        seen = [(t, v) for t, e, v in facts if e.replace("_", " ") == q.extra["object"] and t <= q.t_s]
-        t_ev, room = seen[-1] if q.kind == "now" else seen[0]
-        assert q.answers == (room,), q.id
-        assert q.evidence_s == pytest.approx((t_ev,), abs=1e-3)
-        assert set(q.candidates) == set(ROOMS) and q.lead_in.startswith("The ")
+        def seen(name, attr="location"):
+            return [(t, v) for t, e, a, v in facts if e == name and a == attr and t <= q.t_s]
+
+        s = seen(q.extra["object"], "state" if q.kind == "door" else "location")
+        if q.kind in ("now", "first"):
+            t_ev, room = s[-1] if q.kind == "now" else s[0]
+            assert q.answers == (room,), q.id
+            assert q.evidence_s == pytest.approx((t_ev,), abs=1e-3)
+            assert set(ROOMS) <= set(q.candidates) and set(q.candidates) <= set(ROOMS) | {NEVER_SEEN}
+        elif q.kind in ("when_last", "when_first"):
+            assert q.answers == (f"{(s[-1] if q.kind == 'when_last' else s[0])[0]:.1f} s",), q.id
+        elif q.kind == "count":
+            assert q.answers == (f"{len(s)} time{'s' if len(s) > 1 else ''}",), q.id
+        elif q.kind == "which":
+            room = q.extra["object"]
+            assert all(seen(o)[-1][1] == room for o in q.answers) and all(seen(o)[-1][1] != room for o in q.rejects)
+        elif q.kind == "never":
+            assert q.answers == (NEVER_SEEN,) and not [f for f in facts if f[1] == q.extra["object"]]
+        else:
+            assert q.kind == "door" and q.answers == (s[-1][1],), q.id
+        assert not q.lead_in or q.lead_in[0].isupper()
     return qa
 
 
@@ -149,7 +170,13 @@ def test_make_episode_is_deterministic_and_its_answers_follow_from_the_bag(tmp_p
     assert a["messages"] == 120 and a["questions"] == 10
     assert (tmp_path / "a" / "qa.jsonl").read_text() == (tmp_path / "b" / "qa.jsonl").read_text()
     qa = _check_answers_from_bag(tmp_path / "a")
-    assert {q.kind for q in qa} == {"now", "first"}
+    assert {q.kind for q in qa} == set(KINDS) and not any(q.lead_in for q in qa)
+    make_episode(tmp_path / "c", seed=5, n_messages=120, n_questions=10, lead_ins=True)
+    qc = _check_answers_from_bag(tmp_path / "c")  # the same questions, with the older lead-ins
+    assert all(q.lead_in for q in qc) and [(q.question, q.answers) for q in qc] == [(q.question, q.answers) for q in qa]
+    make_episode(tmp_path / "d", seed=5, n_messages=120, n_questions=10, wordings="heldout", phrasing=CAMERA)
+    held = {w for ws in HELDOUT.values() for w in ws}
+    assert all(any(q.question.startswith(w.split("{")[0]) for w in held) for q in _check_answers_from_bag(tmp_path / "d"))
     assert any(q.answers != qb.answers for q, qb in zip(qa, qa[1:]))
     with pytest.raises(FileExistsError):
         make_episode(tmp_path / "a", seed=5)

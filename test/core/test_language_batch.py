@@ -297,10 +297,14 @@ def test_memory_context_answers_in_their_own_state_beside_state_answers(tiny, ba
         eng.submit("/camera/objects", (i + 1) * 10**9, text, [Fact("red cup", "location", f"room {i}", (i + 1) * 10**9)])
     eng.flush()
 
+    from csr_ros.core.config import load_config
+
+    contexts = answer.AnswerContexts(load_config().memory)  # the live path: an answer frame, no lead-in
+
     def prompt(question):
-        context = "memory" if "cup" in question else "state"
-        f = focus_for(question, eng.memory, eng.ledger.epoch_ns, FocusMatcher())
-        return answer.build(eng, question, f, context)
+        if "cup" in question:
+            return contexts.build(eng, question, context="memory")
+        return answer.build(eng, question, focus_for(question, eng.memory, eng.ledger.epoch_ns, FocusMatcher()))
 
     ref = answer.generate(eng, prompt(QUESTIONS[1]), n)
     batch = LanguageBatch(eng, max_new_tokens=n, batched=batched, prompt_ids=prompt)
@@ -321,6 +325,7 @@ def test_memory_context_answers_in_their_own_state_beside_state_answers(tiny, ba
         frame += 1
         assert frame < 100
     assert done["m"].text == ref.text and ref.context == "memory"
+    assert ref.text.startswith("The red cup is in the")  # the frame leads the streamed answer too
     assert done["a"].text == make_engine(tiny).query(QUESTIONS[0], max_new_tokens=n).text
     assert seen == {"a": {"state"}, "m": {"memory"}}
     assert eng.kv.open_branches() == [] and eng.check_invariant()

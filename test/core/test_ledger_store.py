@@ -184,10 +184,13 @@ def test_restore_over_budget_keeps_the_newest_pending(fake, tmp_path):
     eng2.store.close()
 
 
-def test_store_write_failure_is_counted_not_raised(fake, tmp_path):
+def test_store_write_failure_is_held_not_raised(fake, tmp_path):
     st = LedgerStore(tmp_path)
     eng = CsrEngine(fake, budget_tokens=600, store=st)
-    os.close(st._fd)  # the disk goes away under the store
+    os.close(st._log.fd)  # the file goes away under the store (EBADF)
     eng.submit("/cam", S, "still served")
-    assert eng.counters.store_errors >= 1 and eng.query("q").text
-    st._fd = -1
+    c = st.counters
+    assert c.write_failures >= 1 and not c.disk_ok and c.backlog_records == 2 and eng.query("q").text
+    st._log.fd = -1  # reopened at the next attempt (never close a descriptor number reused since)
+    st.close()
+    assert [i.seq for i in restore(tmp_path).ledger.increments] == [0]

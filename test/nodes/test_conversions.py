@@ -92,6 +92,26 @@ def test_status_to_diagnostics_levels():
     assert failed.status[0].level == DiagnosticStatus.WARN
 
 
+def test_a_server_away_or_a_failing_disk_is_an_error_on_diagnostics():
+    import dataclasses
+
+    from csr_ros.core.model.backends.server_health import ServerFaultCounters
+    from csr_ros.core.state.ledger_disk import StoreCounters
+
+    away = dataclasses.replace(STATUS, server=ServerFaultCounters(servers_away=1, outages=2,
+                                                                  last_server_error="refused"))
+    (item,) = conv.status_to_diagnostics(away, 0).status
+    values = {kv.key: kv.value for kv in item.values}
+    assert item.level == DiagnosticStatus.ERROR and "serving engine away" in item.message
+    assert values["servers_away"] == "1" and values["server_outages"] == "2"
+    disk = dataclasses.replace(STATUS, store=StoreCounters(disk_ok=False, backlog_records=7,
+                                                           last_disk_error="write: ENOSPC"))
+    (item,) = conv.status_to_diagnostics(disk, 0).status
+    values = {kv.key: kv.value for kv in item.values}
+    assert item.level == DiagnosticStatus.ERROR and "7 records held" in item.message
+    assert values["ledger_disk_ok"] == "False" and values["ledger_backlog_records"] == "7"
+
+
 def test_increment_to_state_increment():
     inc = Increment(seq=41, source="/observations", stamp_ns=3 * S + 7, text="mug in the kitchen",
                     token_ids=(1, 2, 3, 4), facts=(Fact("mug", "location", "kitchen", 3 * S + 7),))

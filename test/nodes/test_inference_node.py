@@ -31,6 +31,7 @@ from csr_ros.msg import ActionChunk, CacheStatus, StateIncrement, Utterance
 from csr_ros.nodes import qos
 from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
+from harness import until as _until
 
 pytestmark = pytest.mark.nodes
 
@@ -162,15 +163,6 @@ def graph(ros_context):
     node.destroy_node()
 
 
-def _until(cond, timeout_s=10.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return False
-
-
 def test_inference_node_forwards_and_publishes(graph):
     node, sched, probe = graph
     assert _until(lambda: probe.ask.get_subscription_count() and probe.joints.get_subscription_count()
@@ -234,10 +226,11 @@ def test_status_is_transient_local(graph, ros_context):
     assert got and got[0].budget_tokens == 512
 
 
-def test_configuration_is_not_changed_at_run_time(graph):
+def test_read_only_parameters_are_refused_and_use_sim_time_is_forwarded(graph):
+    """The table's read_only column decides (test_lifecycle.py covers the writable rows)."""
     node, sched, probe = graph
-    result = node.set_parameters([Parameter("budget.high_water_frac", value=0.5)])[0]   # not read_only
-    assert not result.successful and "restart" in result.reason
+    result = node.set_parameters([Parameter("budget.budget_tokens", value=4096)])[0]     # read_only
+    assert not result.successful and "read-only" in result.reason
     result = node.set_parameters([Parameter("inputs.obs.topic", value="/other")])[0]     # read_only
     assert not result.successful and "read-only" in result.reason
     assert node.set_parameters([Parameter("use_sim_time", value=True)])[0].successful

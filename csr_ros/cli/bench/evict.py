@@ -28,6 +28,7 @@ import resource
 import time
 from dataclasses import dataclass, field
 
+from csr_ros.cli.bench import gpu_opts
 from csr_ros.cli.bench.common import add_model_args, add_server_args, device_name, percentile, write_json
 from csr_ros.core.state.ledger import Fact
 
@@ -192,6 +193,7 @@ def run_mode(be, args, mode: str) -> ModeResult:
     from csr_ros.core.reconcile.reconciler import ReconcilerThread
 
     torch.set_num_threads(args.threads if mode == "asr" else _sync_threads(args))
+    gpu_opts.enter_hot_stream(args, getattr(be, "device", "cpu"))  # CUDA: queries ahead of the rebuild
     eng, rec = _make(be, args, mode)
     res, accepted = ModeResult(mode), []
     k = _warm_up(eng, rec, accepted, int(S / args.increment_hz))
@@ -200,13 +202,16 @@ def run_mode(be, args, mode: str) -> ModeResult:
     worker = ReconcilerThread(rec).start() if rec else None
     gc.collect()
     gc.freeze()
+    runner0 = _runner_stats(be)
     res.load_avg.append(os.getloadavg()[0])
     cpu_start = _cpu_busy_s()
     t_start = time.perf_counter()
     building_since = None
     frame = 0
     try:
-        while len(res.swaps) < args.cycles and time.perf_counter() - t_start < args.max_s:
+        cycles, max_s = (args.cycles, args.max_s) if rec else (args.baseline_cycles or args.cycles,
+                                                               args.baseline_max_s or args.max_s)
+        while len(res.swaps) < cycles and time.perf_counter() - t_start < max_s:
             t_sched = t_start + frame * period
             delay = t_sched - time.perf_counter()
             if delay > 0:
@@ -271,8 +276,15 @@ def run_mode(be, args, mode: str) -> ModeResult:
     res.counters = {"sync_fallbacks": hard_limit,
                     "rebuild_failures": rec.counters.failures if rec else 0,
                     "replayed": rec.counters.replayed if rec else 0,
-                    "frames": frame, "final_version": eng.ledger.version}
+                    "frames": frame, "final_version": eng.ledger.version,
+                    # hot-path forwards of the timed loop per path (graph / explicit / declined = eager)
+                    "runner_forwards": {k: v - runner0.get(k, 0) for k, v in _runner_stats(be).items()}}
     return res
+
+
+def _runner_stats(be) -> dict:
+    runner = getattr(be, "runner", None)
+    return dict(runner.stats) if runner is not None else {}
 
 
 def summarize(res: ModeResult, window_s: float = 1.0) -> dict:
@@ -341,9 +353,12 @@ def add_args(p: argparse.ArgumentParser) -> None:
                    help="let increments ride along with the next query (default: each frame appends its own)")
     p.add_argument("--chunk-tokens", type=int, default=256, help="rebuild prefill chunk")
     p.add_argument("--max-s", type=float, default=600.0, help="time limit per mode, s")
+    p.add_argument("--baseline-cycles", type=int, default=0, help="sync mode's cycles (0: --cycles)")
+    p.add_argument("--baseline-max-s", type=float, default=0.0, help="sync mode's time limit, s (0: --max-s)")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
     add_server_args(p)  # --backend openai --url URL [--url2 URL]: two-server reconciliation
+    gpu_opts.add_gpu_args(p)
 
 
 def print_summary(name: str, s: dict) -> None:
@@ -354,25 +369,7 @@ def print_summary(name: str, s: dict) -> None:
           f"other processes {s['external_cpu_cores']} cores")
 
 
-def run(args) -> dict:
-    from csr_ros.core.model.backends.hf import load_hf, load_shape
-
-    logging.getLogger("csr_ros").setLevel(logging.ERROR)  # sync evictions are counted, not logged
-    if getattr(args, "backend", "hf") == "openai":
-        from csr_ros.cli.bench.ttft_server import load_backend
-
-        be = load_backend(args)
-    else:
-        be = (load_shape(args.shape, device=args.device, dtype=args.dtype) if args.shape
-              else load_hf(args.model, device=args.device, dtype=args.dtype))
-    t0 = time.perf_counter()
-    results, modes = [], {}
-    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        if mode not in ("asr", "sync"):
-            raise SystemExit(f"unknown mode {mode!r} (asr, sync)")
-        results.append(run_mode(be, args, mode))
-        modes[mode] = summarize(results[-1])
-        print_summary(mode, modes[mode])
+def _payload(be, args, modes: dict, results: list[ModeResult], wall_s: float) -> dict:
     payload = {"model": be.name, "device": device_name(be.device), "dtype": args.dtype, "budget_tokens": args.budget,
                "high_water_frac": args.high_water, "evict_frac": args.evict_frac, "policy": args.policy,
                "increment_hz": args.increment_hz, "query_hz": args.query_hz, "question": QUESTION,
@@ -380,12 +377,32 @@ def run(args) -> dict:
                            "asr_query_hot": args.hot_threads,
                            "sync": _sync_threads(args)},
                "scheduling": _scheduling(),
-               "hot_path_gate": _gate_report(be),
-               "modes": modes, "wall_s": round(time.perf_counter() - t0, 1),
+               "hot_path_gate": _gate_report(be), "gpu": gpu_opts.report(args, be),
+               "modes": modes, "wall_s": round(wall_s, 1),
                "samples": {r.mode: {"queries": r.queries, "swaps_s": [round(s, 3) for s in r.swaps]} for r in results}}
     if hasattr(be, "report"):  # serving engines: lanes, promotions, prompt tokens evaluated vs cached
         payload.update(backend="openai", device=f"{be.pool.dialect.name} servers", server=be.report())
-    write_json(args.json, payload)
+    return payload
+
+
+def run(args) -> dict:
+    logging.getLogger("csr_ros").setLevel(logging.ERROR)  # sync evictions are counted, not logged
+    if getattr(args, "backend", "hf") == "openai":
+        from csr_ros.cli.bench.ttft_server import load_backend
+
+        be = load_backend(args)
+    else:
+        be = gpu_opts.load_backend(args)
+    t0 = time.perf_counter()
+    results, modes, payload = [], {}, {}
+    for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
+        if mode not in ("asr", "sync"):
+            raise SystemExit(f"unknown mode {mode!r} (asr, sync)")
+        results.append(run_mode(be, args, mode))
+        modes[mode] = summarize(results[-1])
+        print_summary(mode, modes[mode])
+        payload = _payload(be, args, modes, results, time.perf_counter() - t0)
+        write_json(args.json, payload)  # after every mode: a run cut short keeps the finished ones
     if args.plot:
         plot(results, args.plot, f"TTFT through eviction cycles: {be.name}, budget {args.budget} tokens, "
                                  f"{args.policy}")

@@ -31,6 +31,7 @@ import random
 import threading
 import time
 
+from csr_ros.cli.bench import gpu_opts
 from csr_ros.cli.bench.common import add_model_args, device_name, percentile, write_json
 
 QUESTIONS = [
@@ -54,11 +55,7 @@ def observation_stream(n: int, seed: int = 0) -> list[tuple[str, str]]:
 
 
 def load_backend(args):
-    from csr_ros.core.model.backends.hf import load_hf, load_shape
-
-    if args.shape:
-        return load_shape(args.shape, device=args.device, dtype=args.dtype, attn="csr")
-    return load_hf(args.model, device=args.device, dtype=args.dtype, attn="csr")
+    return gpu_opts.load_backend(args)  # --shape / --model with the GPU options
 
 
 class Publisher(threading.Thread):
@@ -137,7 +134,7 @@ def run_round(backend, mode: str, args, cfg, registry, policy, history, stream, 
 
     for _ in range(args.requests):
         ask_next()
-    loop = FrameLoop(sched, on_outputs, threads=args.threads)
+    loop = FrameLoop(sched, on_outputs, threads=args.threads, hot_stream=getattr(args, "hot_stream", "on") == "on")
     pub, feed = Publisher(sched, args.control_rate_hz), Feeder(sched, stream, args.increment_period_s)
     sizes = []
     loop.start(), pub.start(), feed.start()
@@ -253,7 +250,7 @@ def run(args) -> dict:
                "config": {k: getattr(args, k) for k in ("policy", "policy_period_s", "no_fuse", "tokens_per_frame", "requests",
                                                         "max_new_tokens", "increment_period_s", "state_tokens",
                                                         "duration_s", "warmup_s", "rounds", "threads")},
-               "modes": summary, "checks": checks(summary),
+               "modes": summary, "checks": checks(summary), "gpu": gpu_opts.report(args, be),
                "load_avg_1min": [load_start, os.getloadavg()[0]]}  # a shared machine: other load skews both modes
     if "isolated" in summary and "shared" in summary:
         iso, sh = summary["isolated"], summary["shared"]
@@ -318,3 +315,4 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
+    gpu_opts.add_gpu_args(p)

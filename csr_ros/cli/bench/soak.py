@@ -42,7 +42,8 @@ from csr_ros.share import child_env, shipped
 DEFAULT_PARAMS = "config/csr.yaml"  # under the installed share/csr_ros
 READY_TIMEOUT_S = 180.0
 CONFIGURED_RATES_HZ = {"fake": {"joints": 10.0, "pose": 5.0, "camera": 2.0, "observations": 10.0},
-                       "hf": {"joints": 2.0, "pose": 1.0, "camera": 0.5, "observations": 2.0}}
+                       "hf": {"joints": 2.0, "pose": 1.0, "camera": 0.5, "observations": 2.0},
+                       "openai": {"joints": 2.0, "pose": 1.0, "camera": 0.5, "observations": 2.0}}
 """inputs.<name>.min_period_s = 1 / rate: the configured rates the load exceeds (the input gate
 drops what comes sooner, counted as throttled; the per-topic queue bounds the rest). The model
 on a 2-core CPU gets the rates its appends and rebuilds can follow."""
@@ -50,9 +51,11 @@ on a 2-core CPU gets the rates its appends and rebuilds can follow."""
 
 def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--minutes", type=float, default=10.0, help="soak duration, minutes")
-    p.add_argument("--backend", choices=["fake", "hf"], default="fake",
+    p.add_argument("--backend", choices=["fake", "hf", "openai"], default="fake",
                    help="fake (default): the deterministic fake backend, 5 ms per forward; hf: the embedded "
-                        "SmolLM2 on the CPU (on a 2-core machine its rebuilds cannot keep up: see the README)")
+                        "SmolLM2 on the CPU (on a 2-core machine its rebuilds cannot keep up: see the README); "
+                        "openai: two llama.cpp servers on loopback (scripts/build_llama_server.sh), each killed "
+                        "and restarted twice (the graph itself is not killed then)")
     p.add_argument("--params-file", default="", help="base ROS 2 parameters file (default: the installed "
                    f"share/csr_ros/{DEFAULT_PARAMS})")
     p.add_argument("--budget-tokens", type=int, default=0,
@@ -62,16 +65,22 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="out/soak.json", help="JSON output path")
 
 
-def _overrides(args, ledger_dir: Path) -> list[str]:
+def _overrides(args, ledger_dir: Path, urls: list[str] = ()) -> list[str]:
     o = {"model.backend": args.backend, "ledger.dir": str(ledger_dir), "ledger.fsync": "batch",
          "budget.budget_tokens": args.budget_tokens, "reconciler.threads": 1,
          "ros.reject_log_throttle_s": 5.0, "control.control_rate_hz": 10.0,
          **{f"inputs.{name}.min_period_s": 1.0 / hz for name, hz in CONFIGURED_RATES_HZ[args.backend].items()}}
     if args.backend == "hf":
         o.update({"model.device": "cpu", "model.torch_threads": 1})
+    elif args.backend == "openai":  # a dead server is found within a query; its /health every 0.25 s
+        o.update({"server.dialect": "llamacpp", "server.query_timeout_s": 5.0, "server.score_timeout_s": 2.0,
+                  "server.health_period_s": 0.25})
     else:
         o["fake.delay_s"] = 0.005
-    return [x for k, v in o.items() for x in ("-p", f"{k}:={json.dumps(v) if isinstance(v, str) else v}")]
+    if urls:
+        o["server.urls"] = "[" + ",".join(f"'{u}'" for u in urls) + "]"
+    return [x for k, v in o.items()
+            for x in ("-p", f"{k}:={json.dumps(v) if isinstance(v, str) and k != 'server.urls' else v}")]
 
 
 def schedule(t0: float, duration_s: float, kills: bool) -> tuple[dict, list[tuple[float, str]]]:
@@ -117,7 +126,9 @@ class GraphProcess:
 
 
 def _model_name(backend: str) -> str:
-    return "SmolLM2-135M-Instruct (embedded, model.backend hf, CPU)" if backend == "hf" else "fake backend"
+    return {"hf": "SmolLM2-135M-Instruct (embedded, model.backend hf, CPU)",
+            "openai": "SmolLM2-135M-Instruct GGUF on two llama.cpp servers (model.backend openai, CPU)"}.get(
+        backend, "fake backend")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,25 +138,32 @@ def run(args: argparse.Namespace) -> int:
     from csr_ros.cli.bench import soak_load as load
 
     duration_s = args.minutes * 60.0
-    args.budget_tokens = args.budget_tokens or (2048 if args.backend == "hf" else 4096)
+    args.budget_tokens = args.budget_tokens or (4096 if args.backend == "fake" else 2048)
+    farm = None
+    if args.backend == "openai":
+        from csr_ros.cli.bench.soak_servers import ServerFarm
+
+        farm, args.no_kills = ServerFarm(ctx_tokens=args.budget_tokens + 1024), True
     work = Path(tempfile.mkdtemp(prefix="csr_soak_"))
     domain = args.domain_id or os.getpid() % 100 + 101
     env = child_env(PYTHONUNBUFFERED="1", ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     args.params_file = args.params_file or str(shipped(DEFAULT_PARAMS))
     os.environ.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     cmd = [sys.executable, "-m", "csr_ros.cli.bench.soak_child", str(work / "faults_spec.json"), "--ros-args",
-           "--params-file", args.params_file, *_overrides(args, work / "ledger")]
+           "--params-file", args.params_file, *_overrides(args, work / "ledger", farm.urls if farm else [])]
     graph = GraphProcess(cmd, env, work / "graph.log")
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain)
     driver = load.Driver(ctx, rate_hz=10.0)
     try:
-        result = _soak(args, graph, driver, work, duration_s)
+        result = _soak(args, graph, driver, work, duration_s, farm)
     finally:
         if graph.proc is not None and graph.proc.poll() is None:
             graph.stop(signal.SIGTERM)
         driver.close()
         ctx.try_shutdown()
+        if farm is not None:
+            farm.close()
     result.update(_accounting(work, driver), faults_injected_by_kind=_faults(work, graph))
     result["faults_injected"] = sum(result["faults_injected_by_kind"].values())
     result["exit_codes"] = graph.exit_codes
@@ -158,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> dict:
+def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float, farm=None) -> dict:
     from csr_ros.cli.bench import soak_load as load
 
     """The load loop: start, drive, kill/restart as planned, sample RSS; returns the measures.
@@ -173,6 +191,8 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
     faults, kill_plan = schedule(t0, duration_s, not args.no_kills)
     (work / "faults_spec.json").write_text(json.dumps({"faults_file": str(work / "faults.jsonl"), **faults}))
     t_start, next_rss = time.monotonic(), 0.0
+    if farm is not None:
+        farm.schedule(t_start, duration_s)
     plan = list(kill_plan)
     while time.time() < t0 + duration_s:
         if plan and time.time() >= plan[0][0]:
@@ -184,6 +204,9 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
             driver.wait_for_chunks(READY_TIMEOUT_S, graph)
             window[1] = time.monotonic()
             excluded.append(window)
+        note = farm.step(time.monotonic()) if farm is not None else ""
+        if note:
+            driver.note(f"{time.monotonic() - t_start:.1f} s: {note}")
         elapsed = time.monotonic() - t_start
         driver.tick(elapsed, duration_s)
         if elapsed >= next_rss:
@@ -211,8 +234,17 @@ def _soak(args, graph: GraphProcess, driver, work: Path, duration_s: float) -> d
         "excluded_windows_s": [round(b - a, 1) for a, b in excluded],
         "max_rss_mb": round(max((mb for _, mb, _ in rss), default=0.0), 1),
         "rss_mb_per_minute": per_minute, "rss_flat": flat, "rss_mb_per_life": _per_life(rss),
-        "notes": driver.notes,
+        "notes": driver.notes, **(_server_figures(driver, farm, t_start) if farm is not None else {}),
     }
+
+
+def _server_figures(driver, farm, t_start: float) -> dict:
+    from csr_ros.cli.bench.soak_servers import ttft_figures
+
+    events = [{k: (round(v - t_start, 2) if k.endswith("_s") and k != "restart_took_s" else v) for k, v in e.items()}
+              for e in farm.events]
+    return {"server_events_s": events, "server_kills": len(farm.events),
+            **ttft_figures(*driver.question_times(), farm.events)}
 
 
 def _per_life(rss: list[tuple[float, float, int]]) -> list[dict]:
@@ -254,7 +286,11 @@ def _accounting(work: Path, driver) -> dict:
 
 
 def _checks(r: dict) -> dict[str, bool | None]:
-    return {"increments_lost==0": r["increments_lost"] == 0,
+    extra = {}
+    if r.get("backend") == "openai":
+        extra = {"each_server_killed_twice": r["server_kills"] == 4,
+                 "first_after_restart_within_2x_p50": r["first_after_restart_within_2x_p50"]}
+    return {**extra, "increments_lost==0": r["increments_lost"] == 0,
             "action_gaps_over_2_periods==0": r["action_gaps_over_2_periods"] == 0,
             "rss_flat": r["rss_flat"],
             "clean_exits": all(rc in (0, -signal.SIGKILL) for rc in r["exit_codes"]),

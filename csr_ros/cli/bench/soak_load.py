@@ -67,6 +67,8 @@ class Driver(Node):
         self.lock = threading.Lock()
         self.chunks: list[tuple[float, float, bool]] = []  # (arrival monotonic s, publication s, is_hold)
         self.finals: dict[str, str] = {}
+        self.asked: dict[str, float] = {}  # single questions: monotonic s when asked
+        self.first_piece: dict[str, float] = {}  # ... and when the first piece of the answer came
         self.partials = 0
         self.seqs: set[int] = set()
         self.lives: list[dict] = [{}]  # per graph process: last status/diagnostic counters
@@ -99,6 +101,8 @@ class Driver(Node):
 
     def _on_language(self, msg: Utterance) -> None:
         with self.lock:
+            if msg.request_id in self.asked:
+                self.first_piece.setdefault(msg.request_id, time.monotonic())
             if msg.is_final:
                 self.finals[msg.request_id] = msg.text
                 if msg.request_id in self.open_ids:
@@ -119,7 +123,8 @@ class Driver(Node):
         values = {kv.key: kv.value for s in msg.status for kv in s.values}
         with self.lock:
             for key in ("increments_coalesced", "instructions_rejected", "requests_refused", "policy_failures",
-                        "holds_published"):
+                        "holds_published", "server_outages", "server_rewarms", "server_failovers",
+                        "server_refused_while_away"):
                 if key in values:
                     self.lives[-1][key] = int(values[key])
 
@@ -202,6 +207,8 @@ class Driver(Node):
     def _questions(self, k: int) -> None:
         if k % 50 == 25:
             self._qid += 1
+            with self.lock:
+                self.asked[f"q{self._qid}"] = time.monotonic()
             self._ask(f"q{self._qid}", f"where is the {THINGS[k % 6]}?")
         if k % 300 == 150:
             for j in range(40):
@@ -251,7 +258,14 @@ class Driver(Node):
                 "answers_failed_by_model_error": sum(1 for t in finals.values() if t.startswith("error:")),
                 "policy_failures": total("policy_failures"), "holds_published": total("holds_published"),
                 "evictions": total("evictions"), "sync_fallbacks": total("sync_fallbacks"),
-                "frame_overruns": total("frame_overruns")}
+                "frame_overruns": total("frame_overruns"),
+                **{k: total(k) for k in ("server_outages", "server_rewarms", "server_failovers",
+                                         "server_refused_while_away")}}
+
+    def question_times(self) -> tuple[dict[str, float], dict[str, float], dict[str, str]]:
+        """(asked, first piece, final text) of the single questions, monotonic s."""
+        with self.lock:
+            return dict(self.asked), dict(self.first_piece), dict(self.finals)
 
     def announced_seqs(self) -> set[int]:
         with self.lock:

@@ -30,14 +30,12 @@ from typing import Sequence
 
 from csr_ros.cli.bench.common import (INC_TOKENS, QUERY_TOKENS, add_model_args, add_server_args, device_name,
                                       summary_ms, timed, token_stream, write_json)
+from csr_ros.cli.bench.ttft_lengths import time_query_lengths
 
 def load_backend(args):
-    from csr_ros.core.model.backends.hf import load_hf, load_shape
+    from csr_ros.cli.bench import gpu_opts
 
-    graphs = {"on": True, "off": False}.get(getattr(args, "cuda_graphs", "on"), "explicit")
-    if args.shape:
-        return load_shape(args.shape, device=args.device, dtype=args.dtype, attn="csr", cuda_graphs=graphs)
-    return load_hf(args.model, device=args.device, dtype=args.dtype, attn="csr", cuda_graphs=graphs)
+    return gpu_opts.load_backend(args)  # graphs, their bucket bound, split-KV
 
 
 def _set_attn(model, name: str) -> None:
@@ -57,7 +55,7 @@ def _free_device_memory(device) -> None:
 
 
 def measure_n(be, n: int, stream: list[int], reps: int, full_reps: int, compare_default: bool = False,
-              full_budget_s: float = 0.0) -> dict:
+              full_budget_s: float = 0.0, query_lengths: Sequence[int] = ()) -> dict:
     """All timings for one history length N (probes interleaved within each repetition)."""
     hist, inc, q = stream[:n], stream[n:n + INC_TOKENS], stream[n + INC_TOKENS:n + INC_TOKENS + QUERY_TOKENS]
     kv = be.new_state()
@@ -103,6 +101,7 @@ def measure_n(be, n: int, stream: list[int], reps: int, full_reps: int, compare_
         record("floor", t, int(logits_of["floor"].argmax()))
         _set_attn(be.model, "csr")
     check = graph_vs_eager(be, kv, inc, q, n) if be.runner is not None else None
+    by_length = time_query_lengths(be, kv, stream, query_lengths, reps) if query_lengths else None
     del kv, plain  # free the cached state before the (memory-hungry) full re-prefills
     _free_device_memory(be.device)
     logits_of["full"] = time_full(be, hist + inc + q, full_reps, full_budget_s, record)
@@ -115,6 +114,8 @@ def measure_n(be, n: int, stream: list[int], reps: int, full_reps: int, compare_
     row["same_first_token_within_noise"] = row["logit_check"]["all_within_noise"]
     if check is not None:
         row["graph_check"] = check
+    if by_length is not None:
+        row["query_lengths"] = by_length
     return row
 
 
@@ -273,9 +274,14 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--attention", choices=["csr", "default"], default="csr",
                    help="'default' also times csr/query_only/decode with transformers' default attention")
+    p.add_argument("--query-lengths", default="",
+                   help="comma-separated query lengths also timed at every N against the nearest of 32/64/96 (e.g. 17,45,80)")
     p.add_argument("--json", default=None, help="write results to this JSON file")
     p.add_argument("--plot", default=None, help="write a PNG plot")
     add_server_args(p)
+    from csr_ros.cli.bench.gpu_opts import add_gpu_args
+
+    add_gpu_args(p, graphs=False, streams=False)  # one stream: nothing runs beside the timed path
 
 
 def run(args) -> dict:
@@ -298,11 +304,13 @@ def run(args) -> dict:
     payload = {"model": be.name, "device": device_name(be.device), "dtype": str(be.dtype).replace("torch.", ""),
                "increment_tokens": INC_TOKENS, "query_tokens": QUERY_TOKENS, "copy_bandwidth_gb_s": bw,
                "versions": versions(), "cuda_graph_sizes": list(be.runner.sizes) if be.runner else None,
-               "packed_gqa": getattr(args, "packed_gqa", "on"), "rows": []}
+               "packed_gqa": getattr(args, "packed_gqa", "on"), "split_kv": getattr(args, "split_kv", "off"),
+               "rows": []}
     rows = payload["rows"]
     for n in lengths:
         rows.append(measure_n(be, n, stream, args.reps, args.full_reps, args.attention == "default",
-                              getattr(args, "full_budget_s", 0.0)))
+                              getattr(args, "full_budget_s", 0.0),
+                              [int(x) for x in getattr(args, "query_lengths", "").split(",") if x.strip()]))
         rows[-1]["bandwidth_floor_ms"] = bandwidth_floor_ms(be, n + INC_TOKENS + QUERY_TOKENS, bw)
         if be.device.type == "cuda":
             rows[-1]["peak_memory_gb"] = torch.cuda.max_memory_allocated(be.device) / 1e9

@@ -9,9 +9,9 @@ QA format, one JSON object per line::
 ``t`` is seconds from the bag's first message (the question is asked once every message up to
 ``t`` has been read); ``answers`` are the accepted strings, ``rejects`` the other candidates of
 the closed set. Optional: ``evidence`` (seconds of the messages that hold the answer; the
-``oracle`` method reads only those), ``lead_in`` (the start of the answer that closed-set
-scoring continues, e.g. "The red cup is in the"). Any other key (e.g. ``kind``) is kept and
-reported per value.
+``oracle`` method reads only those), ``lead_in`` (the start of the answer, e.g. "The red cup is
+in the"; without one the answer frame is derived from the question, see
+:mod:`csr_ros.core.state.question`). Any other key (e.g. ``kind``) is kept and reported per value.
 
 Bags are read and written with the pure-Python ``rosbags`` package (no ROS install needed);
 messages come back as ``rosbags`` dataclasses, which the serializers read by attribute exactly
@@ -61,9 +61,11 @@ class QAItem:
         return 0 <= index < len(self.answers)
 
     def correct_text(self, text: str) -> bool:
-        """Free-form: the text contains an accepted string and no reject (case-insensitive)."""
-        low = text.lower()
-        return any(a.lower() in low for a in self.answers) and not any(r.lower() in low for r in self.rejects)
+        """Free-form: the text says an accepted answer and no reject (whole words, numbers as
+        numbers: :mod:`csr_ros.cli.eval.scoring`)."""
+        from csr_ros.cli.eval.scoring import correct_text
+
+        return correct_text(text, self.answers, self.rejects)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "t": self.t_s, "question": self.question,

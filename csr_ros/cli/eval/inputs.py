@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from csr_ros.core.config import ConfigError, ParamSpec, validate
+from csr_ros.nodes.input_filter import InputCounters, InputFilter
 from csr_ros.nodes.serializers import (DEFAULT_SERIALIZER, SERIALIZERS, Observation, Rejected,
                                        build_serializer)
 
@@ -64,22 +65,13 @@ def parse_inputs(flat: Mapping[str, Any]) -> list[InputConfig]:
     return out
 
 
-@dataclass
-class InputCount:
-    accepted: int = 0
-    throttled: int = 0
-    unchanged: int = 0
-    rejected: int = 0
-
-
 class Perception:
     """Recorded messages -> observations (text + facts), as the node's ingest would produce them."""
 
     def __init__(self, inputs: list[InputConfig]):
         self.inputs = {i.topic: i for i in inputs}
-        self._ser = {i.topic: build_serializer(i.name, i.serializer, i.options) for i in inputs}
-        self._last_ns: dict[str, int] = {}
-        self.counts = {i.topic: InputCount() for i in inputs}
+        self.filters = {i.topic: InputFilter(build_serializer(i.name, i.serializer, i.options),
+                                             int(i.min_period_s * 1e9)) for i in inputs}
         self.ignored = 0
 
     def source(self, topic: str) -> str:
@@ -90,18 +82,16 @@ class Perception:
         if cfg is None or cfg.msg_type != msgtype:
             self.ignored += 1
             return None
-        c, last = self.counts[topic], self._last_ns.get(topic)
-        if last is not None and 0 <= stamp_ns - last < int(cfg.min_period_s * 1e9):
-            c.throttled += 1
-            return None
+        f = self.filters[topic]
         try:
-            obs = self._ser[topic](msg, stamp_ns)
+            _, obs = f.offer(msg, stamp_ns, stamp_ns)  # a bag's own stamps are its clock
         except Rejected:
-            c.rejected += 1
             return None
-        if obs is None:
-            c.unchanged += 1
-            return None
-        self._last_ns[topic] = stamp_ns
-        c.accepted += 1
+        if obs is not None:
+            f.commit(stamp_ns)
         return obs
+
+    @property
+    def counts(self) -> dict[str, InputCounters]:
+        """Per topic: what the node's ingest would have counted."""
+        return {t: f.counters for t, f in self.filters.items()}

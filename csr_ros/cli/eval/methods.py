@@ -36,9 +36,11 @@ from csr_ros.core.runtime.engine import CsrEngine
 from csr_ros.core.state.focus import Focus
 from csr_ros.core.state.entity_memory import EntityMemory
 from csr_ros.core.state.ledger import Fact, Increment
+from csr_ros.core.state.question import FacetChooser, question_intent
 from csr_ros.core.reconcile.reconciler import Reconciler, reconcile_at_frame
 from csr_ros.core.state.template import DEFAULT_SYSTEM
 from csr_ros.cli.eval.episode import QAItem
+from csr_ros.cli.eval.scoring import drifted
 
 METHODS = ("csr", "csr_nofocus", "memory", "window", "rag", "full", "oracle")
 WINDOW_EVICT_FRAC = 0.25  # window: drop the oldest quarter at the hard limit (stays 75-100% full)
@@ -78,7 +80,8 @@ def ask(q: QAItem, settings: Settings, run_scores, run_generate, prompt_tokens: 
     if settings.free_form:
         t1 = time.perf_counter()
         g = run_generate()
-        return Answer(q.correct_text(g.text), g.text, (t1 - t0) + g.ttft_s, context, prompt_tokens, detail or {})
+        detail = {**(detail or {}), "drift": drifted(g.text, q.candidates)}
+        return Answer(q.correct_text(g.text), g.text, (t1 - t0) + g.ttft_s, context, prompt_tokens, detail)
     scores = [float(s) for s in run_scores()]
     ttft = time.perf_counter() - t0
     best = max(range(len(scores)), key=scores.__getitem__)
@@ -193,8 +196,8 @@ class History:
         self.frame()
         return torch.stack(self._vecs) if self._vecs else None
 
-    def query_ids(self, q: QAItem) -> list[int]:
-        return self.backend.encode(self.template.query(q.question, None, q.lead_in))
+    def query_ids(self, q: QAItem, frame: str = "") -> list[int]:
+        return self.backend.encode(self.template.query(q.question, None, frame))
 
     def stats(self) -> dict:
         return {"increments": len(self.increments), "tokens": sum(i.num_tokens for i in self.increments),
@@ -218,7 +221,8 @@ class StateMethod:
         focus = prompt.focus
         tokens = len(prompt.ids) + (eng.ledger.num_tokens + sum(i.num_tokens for i in eng.pending)
                                     if self.context == "state" else 0)
-        detail = {"focus": list(focus.entities), "focus_how": [m.how for m in focus.matches]}
+        detail = {"focus": list(focus.entities), "focus_how": [m.how for m in focus.matches],
+                  "frame": prompt.frame, "intent": _intent_label(prompt.intent)}
         return ask(q, self.settings, lambda: answers.score(eng, prompt, q.candidates),
                    lambda: answers.generate(eng, prompt, self.settings.max_new_tokens), tokens, t0,
                    self.context, detail)
@@ -237,6 +241,9 @@ class FreshMethod:
             raise ValueError(f"unknown fresh-prompt method {name!r}")
         self.name, self.history, self.settings = name, history, settings
         self.context_tokens, self.bag_start_ns = context_tokens, bag_start_ns
+        m = settings.cfg.memory  # the answer frame from the question alone (no entity memory)
+        self.chooser = FacetChooser(m.first_seen_cues, m.last_seen_cues, settings.similarity)
+        self.frames = m.answer_frames
 
     def select(self, q: QAItem, room: int) -> list[Increment]:
         """The increments the prompt holds (chronological), at most ``room`` tokens."""
@@ -263,20 +270,37 @@ class FreshMethod:
     def answer(self, q: QAItem) -> Answer:
         t0 = time.perf_counter()
         h, be = self.history, self.history.backend
-        query = h.query_ids(q)
+        intent = question_intent(q.question, self.chooser)
+        frame = q.lead_in or (intent.frame() if self.frames else "")
+        score_frame = q.lead_in or (intent.score_frame() if self.frames else "")
+        query = h.query_ids(q, frame)
         limit = self.settings.budget_tokens if self.name == "rag" else self.context_tokens
         reserve = len(query) + (self.settings.max_new_tokens if self.settings.free_form else 8)
         incs = self.select(q, limit - len(h.prefix_ids) - reserve)
-        ids = list(h.prefix_ids) + [t for i in incs for t in i.token_ids] + query
-        prompt = answers.AnswerPrompt(self.name, tuple(ids), Focus((), ()))
+        context = list(h.prefix_ids) + [t for i in incs for t in i.token_ids]
+        ids = context + query
+        base = context + (h.query_ids(q) if frame else query)
+        scored = context + h.query_ids(q, score_frame) if score_frame != frame else ids
+        prompt = answers.AnswerPrompt(self.name, tuple(ids), Focus((), ()), (), frame, tuple(base), intent,
+                                      score_frame, tuple(scored))
 
         def scores():
-            return be.new_state().score(ids, answers.candidate_ids(be, q.candidates))
+            ids, seqs, combine = answers.framed_scoring(be, prompt, q.candidates)
+            return combine(be.new_state().score(ids, seqs))
 
         def gen():
             return _generate_fresh(be, prompt, self.settings.max_new_tokens)
 
-        return ask(q, self.settings, scores, gen, len(ids), t0, self.name, {"increments": len(incs)})
+        return ask(q, self.settings, scores, gen, len(ids), t0, self.name,
+                   {"increments": len(incs), "frame": frame, "intent": _intent_label(intent)})
+
+
+def _intent_label(intent) -> str:
+    """``where/first``, ``count``, ``where/last/never`` ... (recorded per answer)."""
+    if intent is None:
+        return ""
+    parts = [intent.kind] + ([intent.facet, intent.facet_by] if intent.kind in ("where", "when") else [])
+    return "/".join(parts + (["never"] if intent.never else []))
 
 
 def _generate_fresh(be, prompt: answers.AnswerPrompt, max_new_tokens: int) -> answers.Generated:

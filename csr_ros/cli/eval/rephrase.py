@@ -42,8 +42,11 @@ def rephrase_text(text: str, rng: random.Random, source: Phrasing = Phrasing()) 
 
 
 def params() -> dict:
+    doors = Phrasing().door_patterns  # door reports are copied unchanged
     return {"/**": {"ros__parameters": {"inputs": {
-        "names": ["detector", "joints", "pose"],
+        "names": ["detector", "joints", "pose", "doors"],
+        "doors": {"topic": "/doors", "type": "std_msgs/msg/String", "serializer": "string",
+                  "patterns": list(doors), "attribute": "state"},
         "detector": {"topic": TOPIC, "type": "std_msgs/msg/String", "serializer": "string",
                      "patterns": list(PATTERNS), "attribute": "location"},
         "joints": {"topic": "/joint_states", "type": "sensor_msgs/msg/JointState",

@@ -38,6 +38,9 @@ def summarize(records: list[dict], methods: Sequence[str]) -> dict[str, dict]:
         out[name] = {"recall": round(sum(r["correct"] for r in rs) / len(rs), 4), "n": len(rs),
                      "ttft_ms_p50": round(percentile(ttft, 50), 2), "ttft_ms_p99": round(percentile(ttft, 99), 2),
                      "by_kind": per.get("kind", {}), "by": {k: v for k, v in per.items() if k not in ("kind", "object")}}
+        drift = [r["drift"] for r in rs if "drift" in r]
+        if drift:  # free-form: answers that named no candidate at all
+            out[name]["drift_rate"] = round(sum(drift) / len(drift), 4)
     return out
 
 

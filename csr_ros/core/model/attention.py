@@ -12,6 +12,9 @@ every appended token sees the whole history, so a group's query heads are packed
 rows there and the history's K/V is read once per KV head, not once per query head (4x fewer
 bytes for Llama-3-8B at 120K tokens); the small causal part over the new tokens is merged by
 log-sum-exp. ``scripts/gpu_check.sh`` checks and times it against plain SDPA before relying on it.
+With :func:`set_split_kv` on, appends of up to 128 tokens onto a long cache take the split-KV
+Triton kernel instead (:mod:`csr_ros.core.model.split_kv`: the sequence split across the SMs);
+off by default until ``scripts/gpu_check.sh`` has checked and timed it on the GPU at hand.
 
 Registered with transformers as ``"csr_sdpa"``; because no mask function is registered under that
 name, transformers skips building the mask and passes ``attention_mask=None`` unless the caller
@@ -20,6 +23,8 @@ gave an explicit 4-D mask.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +32,8 @@ ATTN_NAME = "csr_sdpa"
 _REGISTERED = False
 PACK_MAX_Q = 128  # appends of at most this many tokens pack GQA groups over the history
 _PACK = {"on": True}
+_SPLIT = {"on": False, "min_kv": 4096, "max_q": 128, "devices": ("cuda",)}
+log = logging.getLogger(__name__)
 
 
 def _lower_right_bias(q_len: int, kv_len: int):  # pragma: no cover - tiny wrapper
@@ -55,6 +62,10 @@ def csr_attention(
         ``[B, q, Hq, D]`` (the layout transformers' attention modules expect).
     """
     q_len, kv_len = query.shape[2], key.shape[2]
+    if attention_mask is None and _SPLIT["on"] and q_len <= _SPLIT["max_q"] and kv_len >= _SPLIT["min_kv"]:
+        out = _split_kv(query, key, value, scaling)
+        if out is not None:
+            return out
     gqa = query.shape[1] != key.shape[1]
     kwargs = {"scale": scaling, "enable_gqa": gqa}
     if (attention_mask is None and gqa and 1 < q_len <= PACK_MAX_Q and q_len < kv_len and _PACK["on"]
@@ -71,6 +82,35 @@ def csr_attention(
             query, key, value, attn_mask=_lower_right_bias(q_len, kv_len), **kwargs
         )
     return out.transpose(1, 2).contiguous()
+
+
+def _split_kv(query, key, value, scaling):
+    """The split-KV kernel where it applies, else None; a kernel error turns it off (logged once)."""
+    from csr_ros.core.model import split_kv
+
+    if query.device.type not in _SPLIT["devices"] or not split_kv.supports(query, key):
+        return None
+    try:
+        return split_kv.split_kv_attention(query, key, value, scaling)
+    except Exception as err:  # noqa: BLE001 - no Triton, a compile error: SDPA from now on
+        _SPLIT["on"] = False
+        log.warning("split-KV attention failed (%r); using SDPA from now on", err)
+        return None
+
+
+def set_split_kv(on: bool, min_kv_tokens: int | None = None, max_q_tokens: int | None = None) -> None:
+    """Turn the split-KV kernel for mask-free appends of at most ``max_q_tokens`` onto at least
+    ``min_kv_tokens`` cached tokens (CUDA) on or off (benchmarks, ``scripts/gpu_check.sh``)."""
+    _SPLIT["on"] = bool(on)
+    if min_kv_tokens is not None:
+        _SPLIT["min_kv"] = int(min_kv_tokens)
+    if max_q_tokens is not None:
+        _SPLIT["max_q"] = int(max_q_tokens)
+
+
+def split_kv_enabled() -> bool:
+    """Whether :func:`set_split_kv` turned the split-KV kernel on (and no kernel error turned it off)."""
+    return bool(_SPLIT["on"])
 
 
 def set_packed_gqa(on: bool) -> None:

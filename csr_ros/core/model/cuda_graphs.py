@@ -10,14 +10,16 @@ second engine and without touching the Cache:
   optional q/k norms, MLP, final norm) and cut at its attention calls into ``L + 1`` segments:
   ``0``: embed + rotary + layer 0's q/k/v; ``i``: layer ``i-1``'s o_proj + MLP, layer ``i``'s
   q/k/v; ``L``: layer ``L-1``'s o_proj + MLP + final norm;
-* on CUDA each segment is captured ONCE per token count ``n`` (default 1, 32, 64, 96: decode,
-  queries, increments) into a CUDA graph with static inputs (token ids, positions and the
-  attention output as device tensors). Nothing in a graph depends on the cache length, so one
-  capture serves every history length;
+* on CUDA each segment is captured ONCE per *bucket* of token counts (:mod:`csr_ros.core.model.buckets`:
+  1, 2, 3, 4, 6, 8, ... 256 by default) into a CUDA graph with static inputs (token ids,
+  positions and the attention output as device tensors); an append of ``n`` tokens runs on the
+  smallest bucket ``b >= n`` with ``b - n`` pad rows. Nothing in a graph depends on the cache
+  length, so one capture serves every history length;
 * between segments, eagerly: the cache write (``kv_update``: the KV state's in-place layer
-  update) and :func:`csr_ros.core.model.attention.csr_attention` over exactly the valid length
-  (flash SDPA, lower-right causal, native GQA), so attention never reads padding;
-* other token counts, masked (branch) forwards, other attention settings and unsupported
+  update) of the ``n`` valid rows only and :func:`csr_ros.core.model.attention.csr_attention` of
+  the valid rows over exactly the valid length (flash SDPA, lower-right causal, native GQA; or
+  the branch mask the KV state passes), so neither the cache nor attention ever sees padding;
+* appends longer than the largest bucket, other attention settings and unsupported
   architectures return ``None`` and the KV state runs the plain transformers forward.
 
 Per layer that leaves ~4 launches from Python (graph replay, cache write, attention, one copy),
@@ -38,11 +40,13 @@ from typing import Callable, Sequence
 import torch
 
 from csr_ros.core.model.attention import ATTN_NAME, csr_attention
+from csr_ros.core.model.buckets import bucket_for, bucket_sizes, pad_to
+from csr_ros.core.model.streams import in_background
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-DEFAULT_SIZES = (1, 32, 64, 96)
+DEFAULT_SIZES = bucket_sizes()
 KVUpdate = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """``(layer index, k [1, Hkv, n, D], v) -> (keys, values)`` of the whole valid length."""
 
@@ -163,15 +167,18 @@ def capture(segs: Segments, n: int, device: torch.device, dtype: torch.dtype, wi
 
 
 class StepRunner:
-    """Explicit forward of mask-free appends of a few fixed sizes, CUDA-graphed on a GPU.
+    """Explicit forward of appends up to the largest bucket, CUDA-graphed on a GPU.
 
     Shared by every KV state of one model (it holds no cache). One forward at a time: a thread
-    that finds it busy gets ``None`` and takes the plain path.
+    that finds it busy gets ``None`` and takes the plain path; so does a background builder
+    (:func:`csr_ros.core.model.streams.background`: the graphs serve the hot path only).
 
     Attributes:
-        sizes: token counts it runs (others fall back).
+        sizes: the buckets (ascending); an append of ``n <= sizes[-1]`` runs padded to the smallest
+            bucket holding it, longer ones fall back.
         capture: True to capture CUDA graphs (CUDA only); False runs the segments eagerly.
-        stats: forwards served per path: ``graph``, ``explicit``, ``declined``.
+        stats: forwards per path: ``graph``, ``explicit``, ``declined`` (the hot path ran the plain
+            forward: too long, busy, capture failed, disabled), ``background`` (a builder's forwards).
         enabled: False makes it decline every forward (eager reference runs).
     """
 
@@ -192,37 +199,45 @@ class StepRunner:
         self._failed: set[int] = set()
         self._lock = threading.Lock()
         self._stream = None
-        self.stats = {"graph": 0, "explicit": 0, "declined": 0}
+        self.stats = {"graph": 0, "explicit": 0, "declined": 0, "background": 0}
         self.enabled = True  # False: decline everything (benchmarks compare against eager)
         self._width = model.config.num_attention_heads * self.segs.head_dim
         self._scaling = [float(layer.self_attn.scaling) for layer in self.segs.layers]
 
     def accepts(self, n: int) -> bool:
-        """True when a mask-free forward of ``n`` tokens can run here now."""
-        ok = (self.enabled and n in self.sizes and n not in self._failed
+        """True when a forward of ``n`` tokens can run here now (on bucket ``bucket_for(n)``)."""
+        if in_background():
+            self.stats["background"] += 1
+            return False
+        size = bucket_for(n, self.sizes)
+        ok = (self.enabled and size is not None and size not in self._failed
               and getattr(self.model.config, "_attn_implementation", None) == ATTN_NAME)
         if not ok:
             self.stats["declined"] += 1
         return ok
 
-    def _attend(self, i: int, q, k, v, kv_update: KVUpdate) -> torch.Tensor:
-        """Cache write + attention of layer ``i``; returns ``[1, n, Hq * D]``."""
-        keys, values = kv_update(i, k, v)
-        out = csr_attention(q, keys, values, None, self._scaling[i])
+    def _attend(self, i: int, q, k, v, n: int, kv_update: KVUpdate, mask) -> torch.Tensor:
+        """Cache write of the ``n`` valid rows + their attention in layer ``i``; ``[1, n, Hq * D]``."""
+        keys, values = kv_update(i, k[:, :, :n], v[:, :, :n])
+        out = csr_attention(q[:, :, :n], keys, values, mask, self._scaling[i])
         return out.reshape(*out.shape[:2], -1)
 
-    def _eager(self, ids: torch.Tensor, pos: torch.Tensor, kv_update: KVUpdate) -> torch.Tensor:
+    def _eager(self, ids: torch.Tensor, pos: torch.Tensor, n: int, kv_update: KVUpdate, mask) -> torch.Tensor:
         st = {"ids": ids, "pos": pos}
+        pad = ids.shape[1] - n
         for i in range(self.segs.n_layers):
-            st["attn"] = self._attend(i, *self.segs.run(i, st), kv_update)
+            out = self._attend(i, *self.segs.run(i, st), n, kv_update, mask)
+            st["attn"] = torch.nn.functional.pad(out, (0, 0, 0, pad)) if pad else out
         return self.segs.run(self.segs.n_layers, st)[0]
 
-    def _replay(self, cap: Captured, ids: torch.Tensor, pos: torch.Tensor, kv_update: KVUpdate) -> torch.Tensor:
+    def _replay(self, cap: Captured, ids: torch.Tensor, pos: torch.Tensor, n: int, kv_update: KVUpdate,
+                mask) -> torch.Tensor:
         cap.st["ids"].copy_(ids)
         cap.st["pos"].copy_(pos)
+        cap.st["attn"][:, n:].zero_()  # pad rows: finite, and never read by a valid row
         for i in range(self.segs.n_layers):
             cap.graphs[i].replay()
-            cap.st["attn"].copy_(self._attend(i, *cap.outs[i], kv_update))
+            cap.st["attn"][:, :n].copy_(self._attend(i, *cap.outs[i], n, kv_update, mask))
         cap.graphs[-1].replay()
         return cap.outs[-1][0].clone()  # the static output is overwritten by the next replay
 
@@ -245,27 +260,42 @@ class StepRunner:
                 self._failed.add(n)
         return cap
 
-    @torch.inference_mode()
-    def forward(self, ids: Sequence[int], positions: Sequence[int], kv_update: KVUpdate) -> torch.Tensor | None:
-        """Mask-free forward of ``ids`` at ``positions`` onto the cache behind ``kv_update``.
+    def capture_all(self) -> int:
+        """Capture every bucket now (so no first use pays for a capture); returns how many are
+        ready. No-op (0) without ``capture``."""
+        if not self.capture:
+            return 0
+        with self._lock, torch.inference_mode():
+            self._order_streams()
+            return sum(self._graph_for(s) is not None for s in self.sizes)
 
-        Returns the final-norm hidden states ``[n, hidden]`` or ``None`` (busy, or capture failed
+    @torch.inference_mode()
+    def forward(self, ids: Sequence[int], positions: Sequence[int], kv_update: KVUpdate,
+                mask: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Forward of ``ids`` at ``positions`` onto the cache behind ``kv_update``, padded to its bucket.
+
+        ``mask``: None (lower-right causal over the whole cache) or the KV state's boolean
+        ``[1, 1, n, kv]`` branch mask for the ``n`` valid rows. Returns the final-norm hidden
+        states ``[n, hidden]`` of the valid rows, or ``None`` (busy, too long, or capture failed
         before anything was written: the caller runs the plain forward).
         """
-        if not self._lock.acquire(blocking=False):
+        size = bucket_for(len(ids), self.sizes)
+        if size is None or not self._lock.acquire(blocking=False):
             self.stats["declined"] += 1
             return None
         try:
-            ids_t = torch.tensor([list(ids)], dtype=torch.long).to(self.device)
-            pos_t = torch.tensor([list(positions)], dtype=torch.long).to(self.device)
+            n = len(ids)
+            ids_p, pos_p = pad_to(ids, positions, size)
+            ids_t = torch.tensor([ids_p], dtype=torch.long).to(self.device)
+            pos_t = torch.tensor([pos_p], dtype=torch.long).to(self.device)
             if not self.capture:
                 self.stats["explicit"] += 1
-                return self._eager(ids_t, pos_t, kv_update)[0]
+                return self._eager(ids_t, pos_t, n, kv_update, mask)[0, :n]
             self._order_streams()
-            cap = self._graph_for(len(ids))
+            cap = self._graph_for(size)
             if cap is None:
                 return None
             self.stats["graph"] += 1
-            return self._replay(cap, ids_t, pos_t, kv_update)[0]
+            return self._replay(cap, ids_t, pos_t, n, kv_update, mask)[0, :n]
         finally:
             self._lock.release()

@@ -31,24 +31,29 @@ def device_type(device: Any) -> str:
     return getattr(device, "type", str(device).split(":")[0])
 
 
-def side_stream(device: Any):
-    """A new CUDA stream on ``device`` (None when it is not a CUDA device)."""
+def side_stream(device: Any, priority: str = "default"):
+    """A new CUDA stream on ``device`` with ``priority`` ``high`` | ``low`` | ``default``
+    (:mod:`csr_ros.core.model.streams`); None when it is not a CUDA device."""
     if device_type(device) != "cuda":
         return None
-    import torch
+    from csr_ros.core.model.streams import priority_stream
 
-    return torch.cuda.Stream(device=device)
+    return priority_stream(device, priority)
 
 
 def on_stream(stream) -> ContextManager:
     """Run the block's kernels on ``stream`` (None: a null context). Work already queued on the
-    device's default stream (e.g. reads of a state that was just swapped out and freed) finishes
-    before ``stream`` reuses that memory."""
+    device's default stream and on its hot stream (e.g. reads of a state that was just swapped
+    out and freed) finishes before ``stream`` reuses that memory."""
     if stream is None:
         return contextlib.nullcontext()
     import torch
 
+    from csr_ros.core.model.streams import hot_streams
+
     stream.wait_stream(torch.cuda.default_stream(stream.device))
+    for hot in hot_streams(stream.device):
+        stream.wait_stream(hot)
     return torch.cuda.stream(stream)
 
 

@@ -10,10 +10,11 @@ tokens (the state length when it was opened), to its ancestors' tokens and to it
 live only in the tail, so "crop back to the state" is removing tail slots, and queries never
 pollute the state. Many branches advance in ONE forward with a 4-D mask, sharing the state prefix
 without copying it (cross-task KV sharing + continuous batching). When no other branch is in the
-way, appends run mask-free through :mod:`csr_ros.core.model.attention` (lower-right causal); those
-of a few fixed sizes (decode, queries, increments) can run as CUDA graphs through
-:mod:`csr_ros.core.model.cuda_graphs`, its tensor-side helper, which writes the cache only through the
-layers' ``update`` handed to it from here.
+way, appends run mask-free through :mod:`csr_ros.core.model.attention` (lower-right causal); every
+forward of up to the runner's largest bucket (decode, queries, increments, batched branch steps
+with their mask) can run as CUDA graphs through :mod:`csr_ros.core.model.cuda_graphs`, its
+tensor-side helper, which writes the cache only through the layers' ``update`` handed to it from
+here (valid rows only: bucket padding never reaches the cache).
 
 Positions are explicit (``position_ids``) everywhere, so a token's rotary position is its logical
 index in its own sequence, whatever its physical slot (see transformers issue #36151).
@@ -54,8 +55,8 @@ class KVState(ChunkedPrefill):
 
     Not thread-safe: one owner thread drives it (the inference frame loop, or the reconciler
     while it builds a fresh state that it then hands over). ``runner`` (shared by the states of
-    one model, :class:`csr_ros.core.model.cuda_graphs.StepRunner`) serves mask-free forwards of its
-    token counts with CUDA graphs; it only needs the in-place cache layers' ``update``.
+    one model, :class:`csr_ros.core.model.cuda_graphs.StepRunner`) serves forwards up to its largest
+    bucket with CUDA graphs; it only needs the in-place cache layers' ``update``.
     """
 
     def __init__(self, model: torch.nn.Module, device: torch.device | str | None = None,
@@ -68,7 +69,7 @@ class KVState(ChunkedPrefill):
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._cache = new_cache(model.config, capacity_tokens)
         in_place = all(isinstance(layer, InPlaceLayer) for layer in self._cache.layers)
-        self._runner = runner if in_place else None  # mask-free appends of its sizes (CUDA graphs)
+        self._runner = runner if in_place else None  # forwards up to its largest bucket (CUDA graphs)
         self._state: list[int] = []
         self._tail_owner: list[int] = []  # branch id of each tail slot
         self._branches: dict[int, Branch] = {}
@@ -108,8 +109,8 @@ class KVState(ChunkedPrefill):
         want_hidden: bool = False,
     ) -> StepOut:
         h = None
-        if mask is None and self._runner is not None and self._runner.accepts(len(ids)):
-            h = self._runner.forward(ids, positions, lambda i, k, v: self._cache.layers[i].update(k, v))
+        if self._runner is not None and self._runner.accepts(len(ids)):  # padded to its bucket
+            h = self._runner.forward(ids, positions, lambda i, k, v: self._cache.layers[i].update(k, v), mask)
         if h is None:  # the plain transformers forward
             input_ids = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
             pos = torch.tensor([list(positions)], dtype=torch.long, device=self.device)

@@ -170,14 +170,15 @@ def gate_of(backend) -> HotPathGate:
     return gate
 
 
-def enable_for(backend, max_wait_s: float = 1.0, hot_threads: int = 0) -> bool:
+def enable_for(backend, max_wait_s: float = 1.0, hot_threads: int = 0, cuda: bool = False) -> bool:
     """Turn the gate of a CPU model on (hooks on its decoder layers). ``hot_threads`` > 0: a hot
     section runs with that many torch threads (the cores a paused rebuild leaves idle). A CUDA
-    model or a backend without a local model (fake, serving engine) keeps it off. Returns
-    whether it is on."""
+    model keeps it off unless ``cuda`` (there the parked build stops launching kernels from
+    Python, so the hot path's launches do not share the GIL with it); a backend without a local
+    model (fake, serving engine) keeps it off. Returns whether it is on."""
     model = getattr(backend, "model", None)
     device = str(getattr(backend, "device", "cpu"))
-    if model is None or device.startswith("cuda"):
+    if model is None or (device.startswith("cuda") and not cuda):
         return False
     layers = decoder_layers(model)
     if not layers:

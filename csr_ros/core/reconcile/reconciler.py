@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from csr_ros.core.model.device import join_stream, on_stream, set_thread_budget, side_stream
+from csr_ros.core.model.streams import ChunkPacer, background, paced
 from csr_ros.core.reconcile.handoff import Handoff
 from csr_ros.core.reconcile.hot_path import enable_for, gate_of
 from csr_ros.core.state.compaction import Compactor, Summarize, render_increments
@@ -96,7 +97,7 @@ def _side_stream(backend, device: str):
     if device not in ("", "auto") and str(device) != str(dev):
         raise ValueError(f"reconciler.device={device!r}: building on a device other than the model's "
                          f"({dev}) is not supported; leave it empty (a side stream on {dev})")
-    return side_stream(dev) if dev_type == "cuda" else None
+    return side_stream(dev, "low") if dev_type == "cuda" else None  # below the hot path's stream
 
 
 class Reconciler:
@@ -115,7 +116,9 @@ class Reconciler:
         self.backend, self.threads, self.clock_ns = backend, threads, clock_ns
         # CPU: the build pauses at half-layer checkpoints while a query runs, which may then use
         # hot_path_threads torch threads (csr_ros.core.reconcile.hot_path)
-        self.yields_to_hot_path = enable_for(backend, hot_threads=hot_path_threads) if yield_to_hot_path else False
+        # GPU: the build parks there too, so a query's Python launches never share the GIL with it
+        self.yields_to_hot_path = (enable_for(backend, hot_threads=hot_path_threads, cuda=True)
+                                   if yield_to_hot_path else False)
         if compactor is None:
             if policy == "summary" and summarizer is None:
                 summarizer = ModelSummarizer(backend)
@@ -258,7 +261,7 @@ class Reconciler:
 
     def _build(self, snap: StateLedger, stop: Callable[[], bool]) -> tuple[StateLedger, object]:
         try:
-            with gate_of(self.backend).background():
+            with gate_of(self.backend).background(), background():  # no graph runner off the hot path
                 return self._build_steps(snap, stop)
         finally:
             self.phase = "idle"
@@ -271,7 +274,8 @@ class Reconciler:
         kv = getattr(self.backend, "new_build_state", self.backend.new_state)()
         with self._stream_ctx():
             self.phase = "prefill"
-            if kv.prefill(ledger.token_ids(), self.chunk_tokens, stop) is None:
+            pace = ChunkPacer(self._stream, depth=1)  # GPU: at most one chunk queued ahead of a query
+            if kv.prefill(ledger.token_ids(), self.chunk_tokens, paced(stop, pace)) is None:
                 raise BuildCancelled()
             self.phase = "replay"
             self._replay(ledger, kv, stop)

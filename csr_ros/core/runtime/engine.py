@@ -125,6 +125,9 @@ class CsrEngine:
         if inc.num_tokens == 0 or inc.num_tokens > self.budget_tokens // 4:
             self.counters.increments_rejected += 1
             raise LedgerError(f"increment of {inc.num_tokens} tokens (limit {self.budget_tokens // 4})")
+        if self.store is not None and self.store.needs_snapshot:  # a consistent point: nothing half done
+            self._persist(lambda s: s.write_snapshot(self.snapshot(), self.counters.increments_total,
+                                                     self.counters.evicted_by_policy))
         self.pending.append(inc)
         self.counters.increments_total += 1
         if self.memory is not None:
@@ -286,6 +289,28 @@ class CsrEngine:
         if self.compactor is not None:
             self.compactor.seed(restored.evicted_memory, ledger.memory.covers_through_seq)
         release_free_memory()  # the decoded records of a long ledger are garbage now
+
+    def reset(self) -> str:
+        """A new, empty state: the pinned prefix only, one version newer (a reconciler build of
+        the old state is then stale), sequence numbers going on. The on-disk ledger is kept under
+        a new name and a new one begun (:meth:`LedgerStore.archive`). Open branches go with the
+        old KV (end the answers first). Returns the archive's path ("" without a store)."""
+        old = self.ledger
+        archived = ""
+        if self.store is not None:
+            archived = str(self.store.archive())
+            self.store.begin(old.prefix_ids, {"model": getattr(self.backend, "name", ""),
+                                              "reset_after_version": old.version})
+        self._rebuild(StateLedger(prefix_ids=old.prefix_ids, epoch_ns=-1, version=old.version + 1,
+                                  last_seq=max(old.last_seq, self.last_seq)))
+        self.pending = []
+        if self.memory is not None:
+            self.memory = type(self.memory)(self.memory.max_value_chars, self.memory.max_keys)
+        if self.compactor is not None:
+            self.compactor.forget()
+        self._events.append(EngineEvent("reset", {"version": self.ledger.version, "archived": archived}))
+        log.warning("state reset to version %d (old ledger kept as %s)", self.ledger.version, archived or "-")
+        return archived
 
     def drain_events(self) -> list[EngineEvent]:
         out = list(self._events)

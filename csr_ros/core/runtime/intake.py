@@ -89,8 +89,12 @@ class CoalescingInbox:
         return out
 
 
-def request_refusal(request_id: str, question: str, max_id_chars: int, max_question_chars: int) -> str:
-    """Why a request cannot be opened ("" when it can). ``question`` is already whitespace-normalised."""
+def request_refusal(request_id: str, question: str, max_id_chars: int, max_question_chars: int,
+                    context: str = "") -> str:
+    """Why a request cannot be opened ("" when it can). ``question`` is already whitespace-normalised;
+    ``context``: "" (the configured one), "state" or "memory"."""
+    if context not in ("", "state", "memory"):
+        return f"unknown answer context {context[:32]!r} (state or memory)"
     for what, text, limit in (("request id", request_id, max_id_chars), ("question", question, max_question_chars)):
         if not text:
             return f"empty {what}"

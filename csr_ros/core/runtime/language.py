@@ -16,7 +16,8 @@ branches are gone with the old KV: :meth:`suspend` closes them before a swap, an
 :meth:`advance` re-opens every open request on the new state from its question plus the tokens
 it generated so far (one prefill each), so the answer continues where it stopped.
 
-Answer contexts (:mod:`csr_ros.core.runtime.answer`): ``prompt_ids`` may return an ``AnswerPrompt``.
+Answer contexts (:mod:`csr_ros.core.runtime.answer`): ``prompt_ids`` may return an ``AnswerPrompt``;
+its ``frame`` (the answer's start, in the prompt already) leads the answer's text.
 A ``state`` prompt is a branch of the shared state as above. A ``memory`` prompt (a short fresh
 prompt that does not read the state; it starts with the state's pinned system prefix) is a branch
 of a small second KV state, the *memory lane*, that holds only that prefix: all memory answers
@@ -49,6 +50,9 @@ class LanguageOut:
     text: str
     is_final: bool
     context: str
+    stop_reason: str = ""  # finals: eos | length | cancelled | deactivated | refused | error
+    tokens: int = 0  # generated tokens so far (count)
+    ttft_ms: float = 0.0  # finals and partials: asked -> first token, ms (0: none yet)
 
 
 @dataclass
@@ -72,8 +76,13 @@ class _Request:
     bid: int | None = None
     context: str = CONTEXT
     own_kv: object | None = None  # the memory lane (memory context); None: the shared state
+    opening: str = ""  # the answer frame, already in the prompt (AnswerPrompt.frame); leads the text
     emitted: str = ""
     done: bool = False
+    max_new_tokens: int = 0  # 0: the batch's max_new_tokens
+    want_context: str = ""  # "": the configured answer context
+    stop: str = ""  # eos | length, once done
+    ttft_ms: float = 0.0
 
 
 class LanguageBatch:
@@ -92,7 +101,7 @@ class LanguageBatch:
                  prompt_ids: Callable[[str], list[int]] | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns):
         self.engine, self.max_new_tokens, self.batched = engine, max_new_tokens, batched
-        self.prompt_ids = prompt_ids or (lambda q: engine.query_ids(q, lead_in))
+        self.prompt_ids = prompt_ids or (lambda q, context=None: engine.query_ids(q, lead_in))
         self.clock_ns = clock_ns
         self._queued: deque[_Request] = deque()
         self._open: dict[str, _Request] = {}
@@ -111,11 +120,22 @@ class LanguageBatch:
     def request_ids(self) -> list[str]:
         return [r.rid for r in self._queued] + list(self._open)
 
-    def join(self, request_id: str, question: str, asked_ns: int | None = None) -> None:
-        """Queue a request; it is admitted (its question prefilled) at the next :meth:`advance`."""
+    def join(self, request_id: str, question: str, asked_ns: int | None = None, max_new_tokens: int = 0,
+             context: str = "") -> None:
+        """Queue a request; it is admitted (its question prefilled) at the next :meth:`advance`.
+        ``max_new_tokens`` (0: the batch's) and ``context`` ("": the configured one) are per request."""
         if request_id in self.request_ids():
             raise ValueError(f"request {request_id!r} is already open")
-        self._queued.append(_Request(request_id, question, self.clock_ns() if asked_ns is None else asked_ns))
+        self._queued.append(_Request(request_id, question, self.clock_ns() if asked_ns is None else asked_ns,
+                                     max_new_tokens=max_new_tokens, want_context=context))
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> LanguageOut | None:
+        """End a request now: its branch is closed and its final piece (the text so far, stop
+        reason ``reason``) returned. None when it is not open."""
+        r = next((q for q in self._queued if q.rid == request_id), None) or self._open.get(request_id)
+        if r is None or not self.leave(request_id):
+            return None
+        return LanguageOut(r.rid, self.engine.backend.decode(r.out), True, r.context, reason, len(r.out), r.ttft_ms)
 
     def leave(self, request_id: str) -> bool:
         """Drop a request without an answer (its branch is closed). True if it was open."""
@@ -197,8 +217,9 @@ class LanguageBatch:
         of the memory lane (one forward for all of them). The state ones stay queued."""
         lane_joiners = []
         for r in list(self._queued):
-            p = self.prompt_ids(r.question)
+            p = self.prompt_ids(r.question, r.want_context) if r.want_context else self.prompt_ids(r.question)
             r.context, r.prompt = getattr(p, "context", CONTEXT), list(getattr(p, "ids", p))
+            r.opening = getattr(p, "frame", "")
             if r.context != CONTEXT:
                 self._queued.remove(r)
                 lane_joiners.append(r)
@@ -247,7 +268,7 @@ class LanguageBatch:
 
     def _admitted(self, r: _Request, logits) -> None:
         self._open[r.rid] = r
-        self.last_ttft_ms = (self.clock_ns() - r.asked_ns) / 1e6
+        self.last_ttft_ms = r.ttft_ms = (self.clock_ns() - r.asked_ns) / 1e6
         self._take(r, logits)
 
     def _fused_step(self, rider: ScoreRider | None) -> None:
@@ -275,12 +296,12 @@ class LanguageBatch:
         """Append the greedy token of ``logits`` (or finish at EOS / the length limit)."""
         tok = int(logits.argmax())
         if tok in self.engine.backend.eos_ids:
-            r.done = True
+            r.done, r.stop = True, "eos"
             return
         r.out.append(tok)
         self.tokens_generated += 1
-        if len(r.out) >= self.max_new_tokens:
-            r.done = True
+        if len(r.out) >= (r.max_new_tokens or self.max_new_tokens):
+            r.done, r.stop = True, "length"
 
     def _step(self) -> bool:
         """One token for every unfinished request; False when none is left."""
@@ -307,13 +328,13 @@ class LanguageBatch:
         """Partial deltas of every open request, finals of the finished (their slots freed)."""
         outs = []
         for r in list(self._open.values()):
-            text = self.engine.backend.decode(r.out)
+            text = r.opening + self.engine.backend.decode(r.out)
             if r.done:
                 self._close(r)
                 del self._open[r.rid]
-                outs.append(LanguageOut(r.rid, text, True, r.context))
+                outs.append(LanguageOut(r.rid, text, True, r.context, r.stop, len(r.out), r.ttft_ms))
             elif text.startswith(r.emitted) and len(text) > len(r.emitted) and not text.endswith("\ufffd"):
-                outs.append(LanguageOut(r.rid, text[len(r.emitted):], False, r.context))
+                outs.append(LanguageOut(r.rid, text[len(r.emitted):], False, r.context, "", len(r.out), r.ttft_ms))
                 r.emitted = text
         return outs
 
@@ -323,7 +344,7 @@ class LanguageBatch:
             if r.own_kv is not None:  # the lane is dropped whole below (it may be what failed)
                 r.own_kv = r.bid = None
             self._close(r)
-            outs.append(LanguageOut(r.rid, reason, True, r.context))
+            outs.append(LanguageOut(r.rid, reason, True, r.context, "error", len(r.out), r.ttft_ms))
         self._open.clear()
         self._queued.clear()
         self._lane = None

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 
+from csr_ros.core.model.backends.server_health import ServerFaultCounters
 from csr_ros.core.runtime.engine import EngineCounters
 from csr_ros.core.runtime.intake import InboxCounters
+from csr_ros.core.state.ledger_disk import StoreCounters
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,8 @@ class StatusOut:
     engine: EngineCounters = field(default_factory=EngineCounters)
     scheduler: SchedulerCounters = field(default_factory=SchedulerCounters)
     inbox: InboxCounters = field(default_factory=InboxCounters)
+    server: ServerFaultCounters = field(default_factory=ServerFaultCounters)
+    store: StoreCounters = field(default_factory=StoreCounters)
 
     # The names csr_ros/CacheStatus and /diagnostics use, each read from its one counter.
     increments_total = _counter("engine", "increments_total")
@@ -95,6 +99,18 @@ class StatusOut:
     requests_refused = _counter("scheduler", "refused_requests")
     instructions_rejected = _counter("scheduler", "instructions_rejected")
     increments_coalesced = _counter("inbox", "coalesced")
+    servers_away = _counter("server", "servers_away")
+    server_outages = _counter("server", "outages")
+    server_rewarms = _counter("server", "rewarms")
+    server_failovers = _counter("server", "failovers")
+    server_refused_while_away = _counter("server", "refused_while_away")
+    server_error = _counter("server", "last_server_error")
+    ledger_disk_ok = _counter("store", "disk_ok")
+    ledger_backlog_records = _counter("store", "backlog_records")
+    ledger_write_failures = _counter("store", "write_failures")
+    ledger_records_dropped = _counter("store", "records_dropped")
+    ledger_torn_records_dropped = _counter("store", "torn_records_dropped")
+    ledger_disk_error = _counter("store", "last_disk_error")
 
     @property
     def evictions(self) -> int:
@@ -104,6 +120,29 @@ class StatusOut:
     def report(self) -> dict[str, object]:
         """Every gauge and every derived name, in declaration order (diagnostics key/values)."""
         gauges = {f.name: getattr(self, f.name) for f in fields(self)
-                  if f.name not in ("engine", "scheduler", "inbox")}
+                  if f.name not in ("engine", "scheduler", "inbox", "server", "store")}
         derived = {n: getattr(self, n) for n, v in vars(type(self)).items() if isinstance(v, property)}
         return {**gauges, **derived}
+
+    def fault(self) -> str:
+        """What is failing outside the process ('' when nothing): a serving engine away, or the
+        ledger's disk refusing writes. ``/diagnostics`` reports it as ERROR."""
+        if self.servers_away:
+            return f"serving engine away, holding ({self.server_error})"
+        if not self.ledger_disk_ok:
+            return (f"ledger disk failing, serving from memory: {self.ledger_backlog_records} records held "
+                    f"({self.ledger_disk_error})")
+        return ""
+
+
+def fault_counters(engine) -> dict:
+    """Copies of the fault counters of ``engine``'s serving engines and ledger store (the
+    ``server`` and ``store`` groups of :class:`StatusOut`; absent ones stay at their defaults)."""
+    out = {}
+    server = getattr(engine.backend, "fault_counters", None)
+    if server is not None:
+        out["server"] = server()
+    store = getattr(engine.store, "counters", None)
+    if store is not None:
+        out["store"] = store
+    return out

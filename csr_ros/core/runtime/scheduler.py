@@ -16,6 +16,9 @@ Threads (the ROS node wires them):
   While answers are open, the policy's closed-set scoring rides in the frame's first language
   step (``control.fuse_policy_with_language``): one forward decides AND advances every answer.
 
+Lifecycle (:meth:`FrameScheduler.set_serving`): not serving = no decisions, no new questions,
+increments still appended. ``calls.submit(fn)`` runs ``fn`` on the worker at a frame start.
+
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
 On a model failure the registry's hold chunk is published once and the failure is counted,
@@ -28,7 +31,6 @@ import dataclasses
 import logging
 import threading
 from collections import deque
-from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
@@ -36,9 +38,10 @@ from csr_ros.core.reconcile.hot_path import gate_of
 from csr_ros.core.runtime.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
                                  request_refusal)
 from csr_ros.core.runtime.language import LanguageBatch, LanguageOut, ScoreRider
-from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut
+from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerEvent, StatusOut, fault_counters
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
+from csr_ros.core.runtime.worker_calls import WorkerCalls
 from csr_ros.core.state.stamps import on_clock
 
 __all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
@@ -82,8 +85,11 @@ class FrameScheduler:
         self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
         self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
         self._tlog = ThrottledLog(log, cfg.ros.reject_log_throttle_s)  # a fault or a flood: no log storm
-        self._asks: list[tuple[str, str, int]] = []
+        self._asks: list[tuple[str, str, int, int, str]] = []  # id, question, asked, max tokens, context
         self._active: set[str] = set()
+        self._cancels: dict[str, str] = {}  # request id -> stop reason, ended at the next frame
+        self.calls = WorkerCalls()  # run by the worker at each frame start (services, scorings)
+        self.serving = True  # lifecycle: False = inactive (no decisions, no answers; perception goes on)
         self._accepted: list[Increment] = []
         self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
         self._instruction = c.default_instruction
@@ -112,24 +118,54 @@ class FrameScheduler:
             log.warning("observation stamps of %s are more than %.1f s from the node's clock (a bag replayed "
                         "without use_sim_time?): using receive times", source, self.max_skew_ns / 1e9)
 
-    def ask(self, request_id: str, question: str) -> LanguageOut | None:
-        """Open a language request. None when accepted; else a final ``"refused: ..."`` piece
-        (bad id or question, a duplicate open id, or ``language.max_open_requests`` reached)."""
+    def ask(self, request_id: str, question: str, max_new_tokens: int = 0, context: str = "") -> LanguageOut | None:
+        """Open a language request (``max_new_tokens`` 0: the configured; ``context`` "": the
+        configured). None when accepted; else a final ``"refused: ..."`` piece (bad id, question
+        or context, a duplicate open id, ``language.max_open_requests`` reached, not serving, or
+        the serving engine away: refused at once, never queued behind its return)."""
         rid, q = str(request_id).strip(), " ".join(str(question).split())
-        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars)
+        why = request_refusal(rid, q, self.max_id_chars, self.max_question_chars, context)
         if why:
             rid = printable_id(rid, self.max_id_chars)
+        else:  # a serving engine that is away: refused at once, never queued behind its return
+            why = getattr(self.engine.backend, "unavailable", lambda: "")()
         with self._lock:
-            if not why and rid in self._active:
+            if not why and not self.serving:
+                why = "the node is not active (lifecycle)"
+            elif not why and rid in self._active:
                 why = f"request {rid!r} is already open"
             elif not why and len(self._active) >= self.max_open:
                 why = f"{len(self._active)} requests already open (language.max_open_requests)"
             if not why:
                 self._active.add(rid)
-                self._asks.append((rid, q, self.clock_ns()))
+                self._asks.append((rid, q, self.clock_ns(), max(0, int(max_new_tokens)), context))
                 return None
             self.counters.refused_requests += 1
-        return LanguageOut(rid, f"refused: {why}", True, "")
+        return LanguageOut(rid, f"refused: {why}", True, "", "refused")
+
+    def cancel(self, request_id: str, reason: str = "cancelled") -> bool:
+        """End an open request at the next frame (branch freed; final = text so far + ``reason``)."""
+        return self.cancel_all(reason, only=request_id) > 0
+
+    def set_serving(self, serving: bool, hold: bool = True) -> None:
+        """Lifecycle: stopping arms the hold chunk (once) and cancels the open requests."""
+        with self._lock:
+            if serving == self.serving:
+                return
+            self.serving = serving
+            if serving:
+                self._next_decision_ns = None  # decide at the next frame
+                return
+            self._chunk, self._hold = None, (self._hold_chunk() if hold else None)
+        self.cancel_all("deactivated")
+
+    def cancel_all(self, reason: str, only: str | None = None) -> int:
+        """:meth:`cancel` every open request (or only ``only``); returns how many."""
+        with self._lock:
+            rids = [r for r in self._active if only is None or r == only]
+            for rid in rids:
+                self._cancels.setdefault(rid, reason)
+        return len(rids)
 
     def set_instruction(self, text: str) -> bool:
         """The task the policy chooses actions for (empty: back to the configured default).
@@ -150,9 +186,10 @@ class FrameScheduler:
     def run_frame(self) -> list[LanguageOut]:
         """One frame (see the module doc). Never raises for a model failure."""
         t0 = self.clock_ns()
+        self.calls.run()
         self._reconcile()
         self._append_pending()
-        due = self._policy_due(t0)
+        due = self.serving and self._policy_due(t0)
         with gate_of(self.engine.backend).hot():  # a CPU rebuild pauses for the policy and language
             rider = self._rider() if due else None
             if due and rider is None:
@@ -285,22 +322,29 @@ class FrameScheduler:
         self.counters.last_error = f"{type(e).__name__}: {e}"
         self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
         self._event(kind, error=self.counters.last_error)
-        if self._in_failure or not self.cfg.control.hold_on_failure:
+        if self._in_failure or not self.cfg.control.hold_on_failure or not self.serving:
             return
         self._in_failure = True
-        now = self.clock_ns()
-        hold = ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
-                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
-                        self.registry.hold_name, now + self.validity_ns, True)
+        hold = self._hold_chunk()
         with self._lock:
             self._chunk, self._hold = None, hold
+
+    def _hold_chunk(self) -> ChunkOut:
+        """The registry's hold chunk, stamped now (after a failure, and on deactivation)."""
+        now = self.clock_ns()
+        return ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+                        self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
+                        self.registry.hold_name, now + self.validity_ns, True)
 
     def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
         with self._lock:
             asks, self._asks = self._asks, []
-        for rid, q, asked_ns in asks:
-            self.language.join(rid, q, asked_ns)
-        outs = self.language.advance(self.k, rider)
+            cancels, self._cancels = self._cancels, {}
+        for rid, q, asked_ns, max_new, context in asks:
+            self.language.join(rid, q, asked_ns, max_new, context)
+        # cancels before the step (queued or open): a cancel ends within one frame
+        outs = [o for o in (self.language.cancel(rid, why) for rid, why in cancels.items()) if o is not None]
+        outs += self.language.advance(self.k, rider)
         done = [o.request_id for o in outs if o.is_final]
         if done:
             with self._lock:
@@ -344,7 +388,7 @@ class FrameScheduler:
         return StatusOut(e.ledger.version, e.kv.length, e.budget_tokens, r.state if r is not None else "idle",
                          self.language.last_ttft_ms or ec.last_ttft_ms, rebuild_ms, n_open,
                          self.language.tokens_generated, engine=dataclasses.replace(ec),
-                         scheduler=dataclasses.replace(sc), inbox=inbox)
+                         scheduler=dataclasses.replace(sc), inbox=inbox, **fault_counters(e))
 
     def accepted_increments(self) -> list[Increment]:
         """Increments accepted since the last call (the node republishes them)."""

@@ -197,6 +197,11 @@ class Compactor:
         self.max_block_tokens: int | None = None
         self.trimmed_lines = 0  # memory lines left out of blocks by that bound (stalest keys first)
 
+    def forget(self) -> None:
+        """Drop the memory of every evicted increment (the state was reset)."""
+        with self._lock:
+            self._evicted.clear()
+
     def seed(self, evicted: EntityMemory, covers_through_seq: int) -> None:
         """Install the memory of the increments evicted up to ``covers_through_seq`` (restart)."""
         with self._lock:

@@ -64,6 +64,10 @@ def clean_value(text: str, max_chars: int) -> str:
     return flat if len(flat) <= max_chars else flat[: max(0, max_chars - 3)].rstrip() + "..."
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.lower().replace("_", " ").replace("-", " ").replace(".", " ").split())
+
+
 def observations(inc: Increment) -> Iterator[tuple[str, Observation]]:
     """The ``(key, observation)`` pairs an increment contributes."""
     if inc.facts:
@@ -161,6 +165,22 @@ class EntityMemory:
     def entities(self) -> list[str]:
         """Distinct entity names (the part of a key before the first dot; topics as they are)."""
         return sorted({k.split(".", 1)[0] if not k.startswith("/") else k for k in self._entries})
+
+    def place_values(self, attributes: Iterable[str]) -> list[str]:
+        """Distinct first and newest values of the keys whose attribute is one of ``attributes``
+        (e.g. the rooms of ``location`` keys), sorted."""
+        attrs = set(attributes)
+        out = {o.value for e in self._entries.values() if e.key.rpartition(".")[2] in attrs
+               and not e.key.startswith("/") for o in (e.first, e.last)}
+        return sorted(out)
+
+    def holders(self, value: str, attributes: Iterable[str]) -> list[str]:
+        """Reverse lookup: entities whose newest value of one of ``attributes`` is ``value``
+        (case and ``_ - .`` insensitive), sorted (e.g. what is in the kitchen now)."""
+        attrs, want = set(attributes), _flat(value)
+        return sorted({e.key.rpartition(".")[0] for e in self._entries.values()
+                       if not e.key.startswith("/") and e.key.rpartition(".")[2] in attrs
+                       and _flat(e.last.value) == want})
 
     # --------------------------------------------------------------- rendering
     def line(self, key: str, epoch_ns: int) -> str:

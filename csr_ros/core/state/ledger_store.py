@@ -18,10 +18,16 @@ passed since the last fsync, and on :meth:`LedgerStore.sync`/``close``), ``never
 loss or a crash in the middle of a write can leave a torn last record; reading tolerates exactly
 that (it is dropped, and cut off when the store is reopened for writing). A bad record followed
 by good ones is corruption, not a torn write: :class:`LedgerCorrupt`.
+
+Disk faults (``ENOSPC``, ``EROFS``, ...): a failed or partial write is cut back off the file and
+the record is held in a bounded in-memory backlog, written when the disk returns; serving goes on
+from memory (:mod:`csr_ros.core.state.ledger_disk`, counters in :attr:`LedgerStore.counters`).
+A backlog that overflows is replaced by one ``snapshot`` record of the whole state.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -34,6 +40,7 @@ from typing import Callable, Sequence
 
 from csr_ros.core.state.entity_memory import EntityMemory
 from csr_ros.core.state.ledger import Fact, Increment, LedgerError, MemoryBlock, StateLedger
+from csr_ros.core.state.ledger_disk import AppendLog, FileOps, StoreCounters
 
 log = logging.getLogger("csr_ros.ledger_store")
 
@@ -123,7 +130,8 @@ class Restored:
         memory: entity memory of every accepted increment.
         evicted_memory: entity memory of the increments up to ``ledger.memory.covers_through_seq``
             (what the ``entity_memory`` policy builds its next memory block on).
-        increments / compactions: records replayed. evicted_by_policy: increments dropped by
+        increments / compactions / snapshots: records replayed (a snapshot, written after the
+            disk was away for longer than the backlog holds, restarts the count). evicted_by_policy: increments dropped by
             ``drop_oldest`` compactions. torn_bytes: bytes of a torn last record (ignored).
         meta: the header's meta.
     """
@@ -133,6 +141,7 @@ class Restored:
     evicted_memory: EntityMemory
     increments: int = 0
     compactions: int = 0
+    snapshots: int = 0
     evicted_by_policy: int = 0
     torn_bytes: int = 0
     meta: dict = field(default_factory=dict)
@@ -146,6 +155,20 @@ def _apply_compaction(ledger: StateLedger, rec: dict) -> StateLedger:
         raise LedgerCorrupt(f"compaction to version {rec['version']} retained {rec['retained']} increments, "
                             "the records before it do not have them")
     return ledger.compacted(memory, kept, version=int(rec["version"]))
+
+
+def _apply_snapshot(ledger: StateLedger, rec: dict, everything: list[Increment]) -> StateLedger:
+    """The whole state from a snapshot record (written after a backlog overflow: the records
+    before it miss some increments, the snapshot has every one the state holds)."""
+    m = rec["memory"]
+    memory = MemoryBlock(m["text"], tuple(m["ids"]), int(m["covers"]), int(m["represented"]))
+    incs = [increment_from(r) for r in rec["incs"]]
+    base = StateLedger(prefix_ids=ledger.prefix_ids, epoch_ns=int(rec["epoch_ns"]))
+    out = base.compacted(memory, incs, version=int(rec["version"]))
+    out.last_seq = int(rec["last_seq"])
+    known = {i.seq for i in everything}
+    everything.extend(i for i in incs if i.seq not in known)
+    return out
 
 
 def restore_records(records: Sequence[dict], torn_bytes: int = 0) -> Restored | None:
@@ -173,6 +196,10 @@ def restore_records(records: Sequence[dict], torn_bytes: int = 0) -> Restored | 
             out.ledger = _apply_compaction(out.ledger, rec)
             out.compactions += 1
             out.evicted_by_policy += int(rec.get("evicted_by_policy", 0))
+        elif kind == "snapshot":
+            out.ledger = _apply_snapshot(out.ledger, rec, everything)
+            out.snapshots += 1
+            out.increments, out.evicted_by_policy = int(rec["increments_total"]), int(rec["evicted_by_policy"])
         else:
             raise LedgerCorrupt(f"unknown record type {kind!r}")
     out.memory.observe_all(everything)
@@ -196,28 +223,44 @@ class LedgerStore:
     """
 
     def __init__(self, directory: str | Path, fsync: str = "batch", batch_period_s: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, backlog_max_records: int = 10000,
+                 retry_period_s: float = 1.0, ops: FileOps | None = None):
         if fsync not in FSYNC_POLICIES:
             raise ValueError(f"fsync policy {fsync!r} is not one of {FSYNC_POLICIES}")
         self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.path = self.dir / FILE_NAME
-        self.fsync, self.batch_period_s, self._clock = fsync, batch_period_s, clock
+        self.fsync = fsync
         self._lock = threading.Lock()
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:  # a read-only parent: the log below reports it (and retries)
+            log.error("ledger directory %s: %s", self.dir, e)
         created = not self.path.exists()
         records, good, torn = read_records(self.path)
+        self._restored = restore_records(records, torn)
+        self._log = AppendLog(self.path, good, ops or FileOps(), fsync, batch_period_s, clock,
+                              backlog_max_records, retry_period_s)
         if torn:
             log.warning("%s: dropping a torn last record (%d bytes)", self.path, torn)
-            os.truncate(self.path, good)
-        self._restored = restore_records(records, torn)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if created:
+            self._log.counters.torn_records_dropped, self._log.counters.torn_bytes_dropped = 1, torn
+        if created and self._log.fd >= 0:
             self._fsync_dir()
         self._has_header = self._restored is not None
         self._epoch_written = self._restored is not None and self._restored.ledger.epoch_ns >= 0
-        self._last_sync = self._clock()
-        self.records_written = 0
-        self.fsyncs = 0
+
+    @property
+    def counters(self) -> StoreCounters:
+        """The disk's health (what ``/diagnostics`` reports); read it under no lock: a copy."""
+        with self._lock:
+            return dataclasses.replace(self._log.counters)
+
+    @property
+    def records_written(self) -> int:
+        return self._log.records_written
+
+    @property
+    def fsyncs(self) -> int:
+        return self._log.fsyncs
 
     def _fsync_dir(self) -> None:
         try:
@@ -240,19 +283,28 @@ class LedgerStore:
 
     # ------------------------------------------------------------------ writing
     def _write(self, rec: dict) -> None:
+        """Append one record; a disk error does not raise (the record is held: see
+        :mod:`csr_ros.core.state.ledger_disk`). Raises ValueError when the store is closed."""
         line = encode_record(rec)
         with self._lock:
-            if self._fd < 0:
-                raise ValueError(f"ledger store {self.path} is closed")
-            n = os.write(self._fd, line)
-            if n != len(line):  # pragma: no cover - regular files write fully or raise
-                raise OSError(f"short write to {self.path} ({n} of {len(line)} bytes)")
-            self.records_written += 1
-            now = self._clock()
-            if self.fsync == "always" or (self.fsync == "batch" and now - self._last_sync >= self.batch_period_s):
-                os.fsync(self._fd)
-                self.fsyncs += 1
-                self._last_sync = now
+            self._log.append(line)
+
+    @property
+    def needs_snapshot(self) -> bool:
+        """The backlog overflowed: :meth:`write_snapshot` of the whole state is owed."""
+        return self._log.needs_snapshot
+
+    def write_snapshot(self, ledger: StateLedger, increments_total: int, evicted_by_policy: int) -> bool:
+        """After a backlog overflow: one record of the whole state (``ledger`` with every accepted
+        increment not evicted, and the totals so far), written when the disk takes it. Call it at
+        a consistent point (no record of the state half written). True when it is on disk."""
+        if not self._log.needs_snapshot:
+            return False
+        rec = {**compaction_record(ledger, "snapshot", evicted_by_policy), "t": "snapshot",
+               "epoch_ns": ledger.epoch_ns, "incs": [increment_record(i) for i in ledger.increments],
+               "increments_total": increments_total}
+        with self._lock:
+            return self._log.write_snapshot(encode_record(rec))
 
     def begin(self, prefix_ids: Sequence[int], meta: dict | None = None) -> None:
         """Write the header of a new ledger; on an existing one, check the prefix is the same.
@@ -283,20 +335,34 @@ class LedgerStore:
         self._write(compaction_record(ledger, policy, evicted_by_policy))
 
     def sync(self) -> None:
-        """Force everything written so far onto the disk."""
+        """Force everything written so far onto the disk (and try the held records again)."""
         with self._lock:
-            if self._fd >= 0:
+            self._log.sync()
+
+    def archive(self) -> Path:
+        """Keep the ledger file under a new name (``ledger.<UTC time>.csrl``; never overwritten,
+        never deleted) and start a new, empty one in its place (:meth:`begin` must follow).
+        Returns the archive's path."""
+        with self._lock:
+            if self._fd < 0:
+                raise ValueError(f"ledger store {self.path} is closed")
+            if self.fsync != "never":
                 os.fsync(self._fd)
-                self.fsyncs += 1
-                self._last_sync = self._clock()
+            os.close(self._fd)
+            self._fd = -1
+            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+            dest, n = self.dir / f"ledger.{stamp}.csrl", 1
+            while dest.exists():
+                dest, n = self.dir / f"ledger.{stamp}.{n}.csrl", n + 1
+            os.rename(self.path, dest)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fsync_dir()
+            self._restored, self._has_header, self._epoch_written = None, False, False
+        return dest
 
     def close(self) -> None:
         with self._lock:
-            if self._fd >= 0:
-                if self.fsync != "never":
-                    os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = -1
+            self._log.close()
 
     def __enter__(self) -> "LedgerStore":
         return self

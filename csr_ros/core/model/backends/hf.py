@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from csr_ros.core.model import attention
-from csr_ros.core.model.cuda_graphs import DEFAULT_SIZES, StepRunner, unsupported_reason
+from csr_ros.core.model.buckets import DEFAULT_MAX_TOKENS, bucket_sizes
+from csr_ros.core.model.cuda_graphs import StepRunner, unsupported_reason
 from csr_ros.core.model.backends.embedded import ModelNotAvailable, resolve_model_dir
 from csr_ros.core.model.kv_state import KVState
 from csr_ros.core.state.template import PromptTemplate, template_from_tokenizer
@@ -106,10 +107,13 @@ def _finish(model: torch.nn.Module, attn: str) -> torch.nn.Module:
     return model
 
 
-def make_runner(model: torch.nn.Module, cuda_graphs: bool | str) -> StepRunner | None:
-    """The shared CUDA-graph runner for decode and small appends: only on CUDA, with ``cuda_graphs``
-    on and a supported (Llama-family) architecture; otherwise None (every forward stays eager).
-    ``"explicit"`` runs the runner's segments without capture on any device (tests, CPU dry runs)."""
+def make_runner(model: torch.nn.Module, cuda_graphs: bool | str,
+                max_tokens: int = DEFAULT_MAX_TOKENS) -> StepRunner | None:
+    """The shared CUDA-graph runner for every forward of up to ``max_tokens`` tokens (bucketed,
+    :mod:`csr_ros.core.model.buckets`): only on CUDA, with ``cuda_graphs`` on and a supported
+    (Llama-family) architecture; otherwise None (every forward stays eager). On CUDA every bucket
+    is captured here, at load time, so no first use pays for a capture. ``"explicit"`` runs the
+    runner's segments without capture on any device (tests, CPU dry runs)."""
     explicit = cuda_graphs == "explicit"
     dev = next(model.parameters()).device
     if not cuda_graphs or (dev.type != "cuda" and not explicit):
@@ -118,11 +122,15 @@ def make_runner(model: torch.nn.Module, cuda_graphs: bool | str) -> StepRunner |
     if reason:
         log.info("CUDA graphs off: %s", reason)
         return None
-    return StepRunner(model, DEFAULT_SIZES, capture=not explicit)
+    runner = StepRunner(model, bucket_sizes(max_tokens), capture=not explicit)
+    if runner.capture:
+        log.info("CUDA graphs captured for %d of %d buckets", runner.capture_all(), len(runner.sizes))
+    return runner
 
 
 def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32",
-            attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True) -> HFBackend:
+            attn: str = "csr", trust_remote_code: bool = False, cuda_graphs: bool | str = True,
+            graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
     """Load a local model folder (``"embedded"`` = SmolLM2). Weights from safetensors only."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,11 +146,13 @@ def load_hf(model: str = "embedded", device: str = "auto", dtype: str = "float32
     ).to(dev)
     name = path.name if model != "embedded" else "SmolLM2-135M-Instruct"
     lm = _finish(lm, attn)
-    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt, runner=make_runner(lm, cuda_graphs))
+    return HFBackend(name, lm, tok, template_from_tokenizer(tok), dev, dt,
+                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
 
 
 def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32",
-               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True) -> HFBackend:
+               attn: str = "csr", seed: int = 0, cuda_graphs: bool | str = True,
+               graph_max_tokens: int = DEFAULT_MAX_TOKENS) -> HFBackend:
     """A randomly initialised Llama of a named shape (latency does not depend on weights)."""
     from transformers import AutoModelForCausalLM
 
@@ -156,7 +166,7 @@ def load_shape(shape: str = "tiny", device: str = "auto", dtype: str = "float32"
     tok = ByteTokenizer(cfg.vocab_size)
     lm = _finish(lm, attn)
     return HFBackend(f"random-{shape}", lm, tok, template_from_tokenizer(tok), dev, dt,
-                     runner=make_runner(lm, cuda_graphs))
+                     runner=make_runner(lm, cuda_graphs, graph_max_tokens))
 
 
 def kv_bytes_per_token(config, dtype: torch.dtype) -> int:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from csr_ros.core.model.backends.remote_state import RemoteState
+from csr_ros.core.model.backends.server_client import RequestPolicy
 from csr_ros.core.model.backends.server_dialects import make_dialect
 from csr_ros.core.model.backends.server_pool import ServerPool
 from csr_ros.core.state.template import PromptTemplate, template_from_tokenizer
@@ -84,7 +85,7 @@ class ServerBackend:
     def _state_on(self, lane) -> RemoteState:
         prompt = self.exact_text if self.text_prompt else list
         return RemoteState(self.pool.client(lane), self.pool.counters, self.eos_id, prompt,
-                           self.max_new_tokens, self.top_k)
+                           self.max_new_tokens, self.top_k, on_use=self.pool.note_use)
 
     def new_state(self) -> RemoteState:
         """A state on the primary lane (the engine's own, and the synchronous fallback's)."""
@@ -98,6 +99,15 @@ class ServerBackend:
         """``kv`` was installed in the engine: its lane becomes the primary."""
         lane = getattr(kv, "lane", None)
         return self.pool.promote(lane) if lane is not None else False
+
+    def unavailable(self) -> str:
+        """Why a query would be refused now: the primary server is away or being re-warmed
+        ('' when it is up). The scheduler refuses new questions with this text."""
+        return self.pool.health.away_reason([self.pool.primary.url])
+
+    def fault_counters(self):
+        """The servers' fault counters (:class:`~csr_ros.core.model.backends.server_health.ServerFaultCounters`)."""
+        return self.pool.health.counters
 
     def report(self) -> dict:
         """Server counters (prompt tokens evaluated vs cached, warm-up times), lanes, and the
@@ -117,13 +127,17 @@ def _load_tokenizer(name: str):
 
 
 def load_server(urls: Sequence[str], dialect: str = "llamacpp", tokenizer: str = "embedded", model: str = "",
-                timeout_s: float = 120.0, ready_timeout_s: float = 60.0, max_new_tokens: int = 64,
+                timeout_s: "float | RequestPolicy" = 120.0, ready_timeout_s: float = 60.0, max_new_tokens: int = 64,
                 top_k: int = 100, prompt_format: str = "tokens", api_key: str = "",
-                slot_ids: Sequence[int] = (0, 1)) -> ServerBackend:
+                slot_ids: Sequence[int] = (0, 1), health_period_s: float = 0.5,
+                start_monitor: bool = True) -> ServerBackend:
     """Connect to one or two servers (waits for ``/health``) and return the backend.
 
     ``dialect``: llamacpp | vllm | sglang | openai. ``model``: the served model's name for the
     ``/v1`` APIs (empty: the first of ``/v1/models``). ``prompt_format``: tokens | text.
+    ``timeout_s``: one timeout for every request, or a :class:`RequestPolicy` (per kind, retries).
+    ``health_period_s``: the server-health thread's period (dead, stalled, restarted servers);
+    ``start_monitor`` False: no thread (tests run its rounds with ``pool.health.poll_once()``).
     """
     if prompt_format not in ("tokens", "text"):
         raise ValueError(f"prompt_format {prompt_format!r}: use tokens or text")
@@ -131,13 +145,15 @@ def load_server(urls: Sequence[str], dialect: str = "llamacpp", tokenizer: str =
     be_holder: dict = {}
     d = make_dialect(dialect, model=model,
                      encode=lambda s: be_holder["be"].encode(s), decode_one=lambda t: be_holder["be"].decode_one(t))
-    pool = ServerPool(urls, d, timeout_s, api_key, slot_ids)
+    pool = ServerPool(urls, d, timeout_s, api_key, slot_ids, health_period_s)
     pool.wait_ready(ready_timeout_s)
     pool.check_slots()
     if dialect in ("vllm", "openai") and not model:
         d.model = pool.discover_model()
     be = ServerBackend(name, pool, tok, template_from_tokenizer(tok), max_new_tokens, top_k, prompt_format == "text")
     be_holder["be"] = be
+    if start_monitor:
+        pool.health.start()
     log.info("server backend: %s over %s (%s)", dialect, ", ".join(str(l) for l in pool.lanes), name)
     return be
 
@@ -145,5 +161,6 @@ def load_server(urls: Sequence[str], dialect: str = "llamacpp", tokenizer: str =
 def from_config(cfg) -> ServerBackend:
     """The backend described by the ``server`` parameter group (``model.backend: openai``)."""
     s = cfg.server
-    return load_server(s.urls, s.dialect, s.tokenizer, s.model, s.timeout_s, s.ready_timeout_s,
-                       s.max_new_tokens, s.logprobs_top_k, s.prompt_format, s.api_key, s.slot_ids)
+    policy = RequestPolicy(s.timeout_s, s.query_timeout_s, s.score_timeout_s, s.retries, s.retry_backoff_s)
+    return load_server(s.urls, s.dialect, s.tokenizer, s.model, policy, s.ready_timeout_s,
+                       s.max_new_tokens, s.logprobs_top_k, s.prompt_format, s.api_key, s.slot_ids, s.health_period_s)

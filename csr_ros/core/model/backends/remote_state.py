@@ -30,10 +30,18 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from csr_ros.core.model.state_ops import ChunkedPrefill, check_truncate
-from csr_ros.core.model.backends.server_client import Lane, LaneClient, ServerError, TokenStream, Usage
+from csr_ros.core.model.backends.server_client import (Lane, LaneClient, ServerError, ServerUnavailable, TokenStream,
+                                                       Usage)
 
 log = logging.getLogger("csr_ros.server")
 NOT_CHOSEN = -1.0e4  # score of the candidates a one-token choice did not pick
+
+
+def _wrapped(what: str, e: Exception) -> ServerError:
+    """``e`` with context, keeping its kind (a refusal stays a :class:`ServerUnavailable`)."""
+    if isinstance(e, ServerUnavailable):
+        return ServerUnavailable(f"{what}: {e}")
+    return ServerError(f"{what}: {e}", getattr(e, "reason", "connect"))
 
 
 @dataclass(frozen=True)
@@ -85,8 +93,9 @@ class RemoteState(ChunkedPrefill):
     """
 
     def __init__(self, client: LaneClient, counters, eos_id: int, prompt: Callable[[list[int]], object] = list,
-                 max_new_tokens: int = 64, top_k: int = 100):
+                 max_new_tokens: int = 64, top_k: int = 100, on_use: Callable[["RemoteState"], None] | None = None):
         self._client, self._counters, self._prompt = client, counters, prompt
+        self._on_use = on_use  # the pool's note of which state uses a lane (re-warmed after a restart)
         self.eos_id, self.max_new_tokens, self.top_k = eos_id, max_new_tokens, top_k
         self._state: list[int] = []
         self._branches: dict[int, _Branch] = {}
@@ -121,15 +130,26 @@ class RemoteState(ChunkedPrefill):
     def open_branches(self) -> list[int]:
         return list(self._branches)
 
+    def prompt_of(self, ids: list[int]):
+        """What the dialect sends for ``ids`` (the ids, or their exact text)."""
+        return self._prompt(ids)
+
+    def rebind(self, client: LaneClient) -> None:
+        """Move this state to another lane (a fail-over, from the health thread; the state's
+        tokens were warmed there first). Open streams stay on the old server and fail there."""
+        self._client = client
+
     # ------------------------------------------------------------------ requests
     def _request(self, kind: str, fn, *args):
         t0 = time.perf_counter()
         self.forwards += 1
+        if self._on_use is not None:
+            self._on_use(self)
         try:
             out, usage = fn(*args)
         except (ServerError, OSError) as e:
             self._counters.record(kind, None, (time.perf_counter() - t0) * 1e3, failed=True)
-            raise ServerError(f"{kind} request to {self.lane} failed: {e}") from e
+            raise _wrapped(f"{kind} request to {self.lane} failed", e) from e
         ms = (time.perf_counter() - t0) * 1e3
         self.last_usage = usage
         self._counters.record(kind, usage, ms)
@@ -152,7 +172,8 @@ class RemoteState(ChunkedPrefill):
             return RemoteStep(self._warm())
         except ServerError as e:
             self.warm_failures += 1
-            log.warning("warm-up failed (the next request evaluates these tokens): %s", e)
+            if e.reason != "away":  # a server known away: its re-warm sends these tokens too
+                log.warning("warm-up failed (the next request evaluates these tokens): %s", e)
             return RemoteStep(None)
 
     def _prefill_chunk(self, ids: Sequence[int]) -> RemoteStep:
@@ -178,12 +199,14 @@ class RemoteState(ChunkedPrefill):
         self._finish_stream(b)
         prompt = self._prompt(self._state[:b.horizon] + self._lineage_ids(b))
         self.forwards += 1
+        if self._on_use is not None:
+            self._on_use(self)
         t0 = time.perf_counter()
         try:
             b.stream = self._client.stream(prompt, self.max_new_tokens)
         except (ServerError, OSError) as e:
             self._counters.record("query", None, (time.perf_counter() - t0) * 1e3, failed=True)
-            raise ServerError(f"query request to {self.lane} failed: {e}") from e
+            raise _wrapped(f"query request to {self.lane} failed", e) from e
         b.accounted, b.streamed = False, 0
         return self._read(b)
 
@@ -192,7 +215,7 @@ class RemoteState(ChunkedPrefill):
             tok = b.stream.next_token()
         except (ServerError, OSError) as e:
             self._finish_stream(b)
-            raise ServerError(f"stream from {self.lane} failed: {e}") from e
+            raise _wrapped(f"stream from {self.lane} failed", e) from e
         if self.last_ttft_s is None and b.stream.ttft_s is not None:
             self.last_ttft_s = b.stream.ttft_s
         self._account(b)

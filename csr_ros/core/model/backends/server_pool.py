@@ -21,11 +21,13 @@ import logging
 import re
 import threading
 import time
+import weakref
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
-from csr_ros.core.model.backends.server_client import Http, LaneClient, ServerError
+from csr_ros.core.model.backends.server_client import Http, LaneClient, RequestPolicy, ServerError
 from csr_ros.core.model.backends.server_dialects import Dialect, Lane, Usage
+from csr_ros.core.model.backends.server_health import ServerHealth
 
 log = logging.getLogger("csr_ros.server")
 KINDS = ("warm", "query", "score", "full")
@@ -120,13 +122,14 @@ def prefix_hit_rate(metrics: dict[str, float]) -> float | None:
 class ServerPool:
     """The lanes (primary + standby) over one or two server URLs, and what they report."""
 
-    def __init__(self, urls: Sequence[str], dialect: Dialect, timeout_s: float = 120.0, api_key: str = "",
-                 slot_ids: Sequence[int] = (0, 1)):
+    def __init__(self, urls: Sequence[str], dialect: Dialect, timeout_s: "float | RequestPolicy" = 120.0,
+                 api_key: str = "", slot_ids: Sequence[int] = (0, 1), health_period_s: float = 0.5):
         urls = [u.rstrip("/") for u in urls if u.strip()]
         if not urls:
             raise ValueError("server.urls: at least one server URL is needed")
         self.urls, self.dialect = urls, dialect
-        self.timeout_s, self.api_key = timeout_s, api_key
+        self.policy = timeout_s if isinstance(timeout_s, RequestPolicy) else RequestPolicy.uniform(timeout_s)
+        self.timeout_s, self.api_key = self.policy.warm_timeout_s, api_key
         slots = list(slot_ids) + [0, 1][len(slot_ids):]
         pinned = dialect.name == "llamacpp"
         if len(urls) >= 2:
@@ -136,6 +139,9 @@ class ServerPool:
         self._primary = 0
         self._lock = threading.Lock()
         self.counters = ServerCounters()
+        self._live: dict[Lane, weakref.ref] = {}  # per lane: the state that used it last
+        self.health = ServerHealth(urls, api_key, health_period_s, min(self.policy.query_timeout_s, 2.0))
+        self.health.rewarm, self.health.failover = self._rewarm, self._failover
 
     # ------------------------------------------------------------------ lanes
     @property
@@ -147,7 +153,58 @@ class ServerPool:
         return self.lanes[1 - self._primary]
 
     def client(self, lane: Lane) -> LaneClient:
-        return LaneClient(lane, self.dialect, self.timeout_s, self.api_key)
+        return LaneClient(lane, self.dialect, self.policy, self.api_key, self.health)
+
+    # ------------------------------------------------------------------ faults (the health thread)
+    def note_use(self, state) -> None:
+        """``state`` just sent a request on its lane (the one to re-warm there after a restart)."""
+        ref = self._live.get(state.lane)
+        if ref is None or ref() is not state:
+            self._live[state.lane] = weakref.ref(state)
+
+    def _live_state(self):
+        ref = self._live.get(self.primary)
+        return ref() if ref is not None else None
+
+    def _warm_on(self, lane: Lane, state) -> int:
+        """Warm ``state``'s tokens (the ledger's) into ``lane``'s cache; tokens sent."""
+        ids = state.token_ids()
+        if not ids:
+            return 0
+        t0 = time.perf_counter()
+        client = LaneClient(lane, self.dialect, self.policy, self.api_key, health=None)
+        try:
+            _, usage = client.warm(state.prompt_of(ids))
+        finally:
+            client.close()
+        self.counters.record("warm", usage, (time.perf_counter() - t0) * 1e3)
+        return len(ids)
+
+    def _rewarm(self, url: str) -> int:
+        """Refill ``url``'s caches after its return: the live state on the primary lane, and a
+        spare copy of it on a standby server (so the next fail-over finds it warm)."""
+        live, tokens = self._live_state(), 0
+        if live is None:
+            return 0
+        for lane in dict.fromkeys(self.lanes):
+            if lane.url == url and (lane == self.primary or lane.url != self.primary.url):
+                tokens += self._warm_on(lane, live)
+        return tokens
+
+    def _failover(self, url: str) -> bool:
+        """The primary's server is away: warm the live state on the standby server, move it there
+        and promote that lane. False when there is no other server, or it is away too."""
+        primary, standby = self.primary, self.standby
+        if primary.url != url or standby.url == url or not self.health.is_up(standby.url):
+            return False
+        live = self._live_state()
+        if live is not None:
+            self._warm_on(standby, live)
+            live.rebind(self.client(standby))
+            self._live[standby] = weakref.ref(live)
+        self.promote(standby)
+        log.warning("fail-over: the live state moved from %s to %s", primary, standby)
+        return True
 
     def promote(self, lane: Lane) -> bool:
         """Make ``lane`` the primary (its state was just installed). False if it already was."""
@@ -226,4 +283,5 @@ class ServerPool:
 
     def report(self) -> dict:
         return {"dialect": self.dialect.name, "lanes": [str(l) for l in self.lanes], "primary": str(self.primary),
-                "counters": self.counters.as_dict(), "server_metrics": self.server_metrics()}
+                "counters": self.counters.as_dict(), "faults": asdict(self.health.counters),
+                "server_metrics": self.server_metrics()}
