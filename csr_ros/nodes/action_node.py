@@ -7,9 +7,10 @@ Topics (relative, so a namespace applies):
        csr/joint_trajectory trajectory_msgs/JointTrajectory (ros.publish_joint_trajectory)
 
 Its only callback is the timer, which calls the scheduler's non-blocking ``chunk_for_publish``
-(the time-shifted current chunk, the hold chunk once after a failure, or nothing: never a
-stale chunk). The timer follows ROS time (simulated in a replay with ``use_sim_time``, which
-the inference node forwards here).
+(the time-shifted current chunk, or the hold chunk whenever there is no valid one: never a
+stale chunk, never a silent tick). The timer follows ROS time (simulated in a replay with
+``use_sim_time``, which the inference node forwards here); with it, this node's executor holds
+the process's only ``/clock`` subscription (sim_clock.py).
 """
 
 from __future__ import annotations

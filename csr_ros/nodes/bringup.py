@@ -12,7 +12,8 @@ One process, one private rclpy Context, three nodes (two of them share the model
   csr-action-executor          SingleThreadedExecutor with node           no
                                `csr_actions`: action timer ->
                                chunk_for_publish (never waits on the model,
-                               never queues behind inputs)
+                               never queues behind inputs); the process's
+                               only /clock subscription (sim_clock.py)
   csr-inference-executor       MultiThreadedExecutor(ros.executor_threads no (configure, when
                                + ASK_GOAL_THREADS) with the lifecycle      a lifecycle manager
                                node `csr` and its callback groups:         calls it, loads it)
@@ -71,6 +72,7 @@ from csr_ros.nodes.action_node import ActionNode
 from csr_ros.nodes.inference_node import InferenceGroups, InferenceNode
 from csr_ros.nodes.parameters import with_default_params_file
 from csr_ros.nodes.reconciler_node import ReconcilerNode
+from csr_ros.nodes.sim_clock import on_jump_back, share_clock
 from csr_ros.share import ShareNotFound
 
 JOIN_TIMEOUT_S = 30.0
@@ -78,6 +80,7 @@ ASK_GOAL_THREADS = next(int(s.validation["bounds<>"][1]) for s in param_table()
                         if s.key == "language.max_open_requests")
 """Extra inference-executor threads for the Ask action's execute callbacks (one per open goal,
 at most ``language.max_open_requests``'s upper bound; the pool makes them on demand)."""
+JUMP_CALLBACK_MIN_BACK_NS = 1_000_000  # /clock going back by more than this reaches the scheduler at once
 GIL_SWITCH_INTERVAL_S = 0.001
 """How long a Python thread may hold the interpreter lock while another waits (CPython's default
 is 5 ms). The graph runs several Python threads (executors, model worker, reconciler); under an
@@ -222,6 +225,10 @@ class Graph:
         self.action_executor.add_node(self.action_node)
         self.reconciler_executor = SingleThreadedExecutor(context=context)
         self.reconciler_executor.add_node(self.reconciler_node)
+        # one /clock subscription (the action clock's executor) sets every clock (sim_clock.py); a
+        # jump back of it reaches the scheduler of the moment (its Timeline decides what counts)
+        share_clock(self.action_node, self.node, self.reconciler_node)
+        self._jump_handle = on_jump_back(self.node, JUMP_CALLBACK_MIN_BACK_NS, self._clock_jumped)
         self.threads = {
             "csr-action-executor": threading.Thread(target=self._spin, args=(self.action_executor,)),
             "csr-inference-executor": threading.Thread(target=self._spin, args=(self.inference_executor,)),
@@ -230,6 +237,11 @@ class Graph:
         }
         for name, t in self.threads.items():
             t.name, t.daemon = name, True
+
+    def _clock_jumped(self) -> None:
+        sched = self.node.scheduler  # None while unconfigured
+        if sched is not None:
+            sched.check_clock()
 
     def bring_up(self) -> int:
         """configure + activate `csr` (autostart). 0 when active; 2 when configure failed on a

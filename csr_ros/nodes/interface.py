@@ -11,7 +11,7 @@ TOPICS = (  # direction, name, type, what
     ("in", "each `inputs.<name>.topic`", "its `inputs.<name>.type`", "perception (String, JointState, PoseStamped, Image, ArUco, ...); sensor data QoS, reliable for String"),
     ("in", "csr/ask", "csr_ros/msg/Utterance", "a question with a `request_id` (rosbag-recordable questions; answers on csr/language)"),
     ("in", "csr/instruction", "std_msgs/msg/String", "the task the policy acts on"),
-    ("out", "csr/action_chunk", "csr_ros/msg/ActionChunk", "at `control.control_rate_hz` while active; the hold chunk once at deactivation"),
+    ("out", "csr/action_chunk", "csr_ros/msg/ActionChunk", "at `control.control_rate_hz` while active (the hold chunk, `is_hold`, in every period without a valid chunk); the hold chunk once at deactivation"),
     ("out", "csr/joint_trajectory", "trajectory_msgs/msg/JointTrajectory", "the same chunks (`ros.publish_joint_trajectory`)"),
     ("out", "csr/language", "csr_ros/msg/Utterance", "answers to csr/ask: partials, then one final"),
     ("out", "csr/increments", "csr_ros/msg/StateIncrement", "one per accepted perception message (also while inactive)"),

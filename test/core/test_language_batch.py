@@ -244,7 +244,7 @@ def test_scheduler_decides_inside_the_language_step(tiny, fuse):
     from csr_ros.core.config import load_config
     from csr_ros.core.runtime.scheduler import FrameScheduler
 
-    t = [0]
+    t = [len(OBS) * 1_000_000_000]  # the scheduler's clock starts at the engine's newest stamp
     eng = make_engine(tiny)
     cfg = load_config({"control.fuse_policy_with_language": fuse, "language.tokens_per_frame": 2,
                        "language.max_new_tokens": 64})

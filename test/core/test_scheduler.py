@@ -86,7 +86,9 @@ def test_chunk_is_clamped_time_shifted_and_never_stale():
     d = len(c.names)
     assert later.stamp_ns == c.stamp_ns + 200 * MS and later.horizon == 8 and later.data == c.data[2 * d:]
     assert sched.chunk_for_publish(c.valid_until_ns - 1).horizon == 1
-    assert sched.chunk_for_publish(c.valid_until_ns) is None  # expired: never a stale chunk
+    stale = sched.chunk_for_publish(c.valid_until_ns)  # expired: never a stale chunk, the hold
+    assert stale.is_hold and stale.action == "hold" and stale.stamp_ns == c.valid_until_ns
+    assert sched.status().holds_published == 1
     limits = [(x.min, x.max) for x in sched.registry.dims]
     assert all(lo <= v <= hi for i, v in enumerate(c.data) for lo, hi in [limits[i % d]])
 
@@ -122,7 +124,8 @@ def test_actions_keep_their_clock_while_a_long_answer_is_generated():
     greedy.submit_increment("/camera/people", clock2.t, "person waving: wave")
     greedy.ask("long", "Describe everything you saw.")
     ticks2 = run_for(greedy, clock2, 8.0)
-    assert sum(c is None for _, c in ticks2) > len(ticks2) // 4
+    assert sum(c.is_hold for _, c in ticks2) > len(ticks2) // 4  # held (the topic never goes silent)
+    assert greedy.status().holds_published == sum(c.is_hold for _, c in ticks2)
 
 
 def test_answers_stream_and_the_batch_refuses_beyond_its_limit():
@@ -143,25 +146,27 @@ def test_answers_stream_and_the_batch_refuses_beyond_its_limit():
     assert sched.status().open_requests == 1
 
 
-def test_model_failure_publishes_hold_once_and_keeps_going():
+def test_model_failure_holds_every_period_until_a_decision_and_keeps_going():
     sched, clock, be = make()
     sched.submit_increment("/camera/people", clock.t, "person waving: wave")
     run_for(sched, clock, 0.3)
     assert sched.chunk_for_publish(clock.t).action == "wave"
+    holds_before = sched.status().holds_published
     be.fail_next = 3  # the next three decisions fail (nothing else runs a forward)
     ticks = run_for(sched, clock, 3.0)
-    published = [c for _, c in ticks if c is not None]
+    published = [c for _, c in ticks]
+    assert all(c is not None for c in published)  # a chunk every tick: never silent
     holds = [i for i, c in enumerate(published) if c.is_hold]
-    assert len(holds) == 1  # once for the whole failure episode
+    assert holds == list(range(holds[0], holds[-1] + 1))  # one run of holds: the failure episode
     hold = published[holds[0]]
     assert hold.action == "hold" and set(hold.data) == {0.0} and hold.valid_until_ns > hold.stamp_ns
-    fail_tick = next(i for i, (_, c) in enumerate(ticks) if c is not None and c.is_hold)
-    assert ticks[fail_tick + 1][1] is None  # the failed chunk is not resumed after the hold
+    assert not published[holds[-1] + 1].is_hold  # the failed chunk is not resumed: the next is fresh
+    assert published[holds[-1] + 1].stamp_ns > published[holds[0] - 1].stamp_ns
     assert sched.counters.policy_failures == 3
     assert [e.kind for e in sched.drain_events()] == ["policy_failure"] * 3
     assert published[-1].action == "wave" and not published[-1].is_hold  # and it kept going
     st = sched.status()
-    assert st.policy_failures == 3 and st.holds_published == 1
+    assert st.policy_failures == 3 and st.holds_published - holds_before == len(holds)
 
 
 def test_after_a_failure_the_next_frame_decides_again_instead_of_waiting_for_the_deadline():
@@ -170,10 +175,10 @@ def test_after_a_failure_the_next_frame_decides_again_instead_of_waiting_for_the
     run_for(sched, clock, 0.3)
     be.fail_next = 1  # one failed decision
     ticks = run_for(sched, clock, 1.2)
-    hold = next(i for i, (_, c) in enumerate(ticks) if c is not None and c.is_hold)
+    hold = next(i for i, (_, c) in enumerate(ticks) if c.is_hold)
     after = [c for _, c in ticks[hold + 1:hold + 3]]
-    # the controller is without a chunk for at most one tick (policy_period_s is 4 frames)
-    assert any(c is not None and not c.is_hold and c.action == "wave" for c in after)
+    # the controller holds for at most one more tick (policy_period_s is 4 frames)
+    assert any(not c.is_hold and c.action == "wave" for c in after)
     assert sched.counters.policy_failures == 1
 
 
@@ -208,7 +213,7 @@ def test_learned_head_decides_without_a_forward(tmp_path):
     path = save_head(ActionHead(HIDDEN, 8, reg.horizon_steps, reg.names, reg.dt_s), tmp_path / "h.safetensors")
     sched, clock, _ = make(**{"control.policy": "learned_head", "control.head_file": str(path)})
     sched.run_frame()
-    assert sched.chunk_for_publish(clock.t) is None  # nothing appended yet: no hidden state
+    assert sched.chunk_for_publish(clock.t).is_hold  # nothing appended yet: no hidden state
     sched.submit_increment("/a", clock.t, "box ahead")
     clock.t += 400 * MS
     before = sched.engine.kv.forwards

@@ -110,3 +110,38 @@ def test_replay_timing_follows_rate_and_loop_stops(ros_context, tmp_path):
         player.destroy_node()
     assert 0.09 <= once_s < 5.0  # 0.4 s at 4x: about 0.1 s, never faster than recorded/rate
     assert stats.passes >= 2 and stats.published >= 6
+
+
+def test_replay_loop_can_rewind_the_clock_like_a_bag_loop(ros_context, tmp_path):
+    from rclpy.node import Node
+
+    from csr_ros.cli.replay import Replayer
+
+    _bag(tmp_path / "bag", n=3, dt_s=0.1)  # 0.2 s of recording
+    listener, _got, clock = _listener(ros_context)
+    player = Node("csr_replay", context=ros_context)
+    ex, stop, th = _spin(ros_context, [listener, player])
+    try:
+        _wait_matched(player, "/clock")
+        halt = threading.Event()
+        rep = Replayer(player, str(tmp_path / "bag"), clock=True, loop=True, rewind_clock=True)
+
+        def halt_after_two_passes():  # by passes, not by time: a loaded machine plays slower
+            end = time.monotonic() + 30.0
+            while rep.stats.passes < 2 and time.monotonic() < end:
+                time.sleep(0.01)
+            halt.set()
+
+        threading.Thread(target=halt_after_two_passes, daemon=True).start()
+        stats = rep.run(halt)
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        th.join(2.0)
+        listener.destroy_node()
+        player.destroy_node()
+    assert stats.passes >= 2
+    backs = [(a, b) for a, b in zip(clock, clock[1:]) if b < a]
+    assert len(backs) >= stats.passes - 1  # /clock jumped back at every loop ...
+    assert all(b == T0 and a >= T0 + int(0.2e9) for a, b in backs)  # ... from the end to the recorded start
+    assert T0 <= min(clock) and max(clock) <= T0 + int(0.2e9) + 10**7

@@ -38,7 +38,7 @@ class ChunkOut:
 
 @dataclass(frozen=True)
 class SchedulerEvent:
-    kind: str  # "policy_failure" | "append_failure" | "swap" | "swap_refused"
+    kind: str  # "policy_failure" | "append_failure" | "swap" | "swap_refused" | "clock_jump"
     detail: dict = field(default_factory=dict)
 
 
@@ -49,10 +49,11 @@ class SchedulerCounters:
     decisions: int = 0
     policy_failures: int = 0
     append_failures: int = 0
-    holds_published: int = 0
+    holds_published: int = 0  # hold periods: publisher ticks that got the hold chunk (no valid chunk)
     refused_requests: int = 0
     instructions_rejected: int = 0
     restamped: int = 0  # observations whose own stamp was off this clock (receive time used)
+    clock_jumps: int = 0  # jumps back of the clock (each starts an episode segment)
     last_frame_ms: float = 0.0
     last_error: str = ""
 
@@ -96,6 +97,7 @@ class StatusOut:
     decisions = _counter("scheduler", "decisions")
     policy_failures = _counter("scheduler", "policy_failures")
     holds_published = _counter("scheduler", "holds_published")
+    clock_jumps = _counter("scheduler", "clock_jumps")
     requests_refused = _counter("scheduler", "refused_requests")
     instructions_rejected = _counter("scheduler", "instructions_rejected")
     increments_coalesced = _counter("inbox", "coalesced")

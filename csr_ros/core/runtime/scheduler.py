@@ -21,8 +21,12 @@ increments still appended. ``calls.submit(fn)`` runs ``fn`` on the worker at a f
 
 Safety: chunks are clamped to the registry's limits and carry ``valid_until``; a chunk is never
 published after it (the publisher gets the time-shifted rest of the current chunk until then).
-On a model failure the registry's hold chunk is published once and the failure is counted,
-logged and reported in :meth:`~FrameScheduler.drain_events`; the loop keeps going.
+Without a valid chunk (none yet, the policy fell behind, a failure, a clock jump) the publisher
+gets the hold chunk (``is_hold``) every control period, counted in ``holds_published``; a model
+failure cuts the current chunk (``control.hold_on_failure``), is counted, logged and reported in
+:meth:`~FrameScheduler.drain_events`. ``clock_ns`` (ROS time) is read through a
+:class:`csr_ros.core.state.stamps.Timeline`: a jump back drops the chunk, restarts the decision
+grid and records a new episode segment (a ``clock`` increment). TTFT is on ``steady_ns``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections import deque
 from typing import Callable, Sequence
 
@@ -42,10 +47,11 @@ from csr_ros.core.runtime.outputs import ChunkOut, SchedulerCounters, SchedulerE
 from csr_ros.core.state.ledger import Increment
 from csr_ros.core.runtime.policy import make_policy
 from csr_ros.core.runtime.worker_calls import WorkerCalls
-from csr_ros.core.state.stamps import on_clock
+from csr_ros.core.state.stamps import ClockJump, Timeline, on_clock, shift_facts
 
 __all__ = ["ChunkOut", "LanguageOut", "StatusOut", "FrameScheduler", "SchedulerEvent"]
 log = logging.getLogger("csr_ros.scheduler")
+CLOCK_SOURCE = "clock"  # source of the marker increment of a clock jump back (a new episode segment)
 
 
 class FrameScheduler:
@@ -62,11 +68,13 @@ class FrameScheduler:
             copy of the state that the scheduler also appends every increment to).
         batched_language: False advances each request in its own forward (isolated baseline).
         prompt_ids: question -> query token ids (default: the engine's query template).
+        steady_ns: the monotonic clock latencies are measured on (TTFT).
     """
 
     def __init__(self, engine, policy, cfg, clock_ns: Callable[[], int], reconciler=None, *,
                  registry: ActionRegistry | None = None, language_engine=None, batched_language: bool = True,
-                 prompt_ids: Callable[[str], list[int]] | None = None):
+                 prompt_ids: Callable[[str], list[int]] | None = None,
+                 steady_ns: Callable[[], int] = time.monotonic_ns):
         c, lang = cfg.control, cfg.language
         self.engine, self.cfg, self.clock_ns, self.reconciler = engine, cfg, clock_ns, reconciler
         self.registry = registry or registry_from_config(cfg)
@@ -79,8 +87,10 @@ class FrameScheduler:
         self.k, self.max_open, self.max_question_chars = lang.tokens_per_frame, lang.max_open_requests, lang.max_question_chars
         self.max_id_chars = lang.max_request_id_chars
         self.lang_engine = language_engine if language_engine is not None else engine
+        self.steady_ns = steady_ns
         self.language = LanguageBatch(self.lang_engine, lang.max_new_tokens, lang.lead_in, batched_language,
-                                      prompt_ids, clock_ns)
+                                      prompt_ids, steady_ns)
+        self.timeline = Timeline(clock_ns, self.frame_period_ns, _newest_stamp(engine))
         self.counters = SchedulerCounters()
         self._lock = threading.Lock()  # guards everything below that producers or the publisher touch
         self._inbox = CoalescingInbox(c.queue_depth_per_input)  # bounded, per topic
@@ -101,6 +111,7 @@ class FrameScheduler:
         self._next_decision_ns: int | None = None  # on the ideal grid of policy periods
         self._frame_ema_ns = self.frame_period_ns  # typical frame duration (work), for the lead
         self._in_failure = False
+        self._jumped = False  # set by whichever thread saw a clock jump; the worker resets its grid
 
     # ------------------------------------------------------------------ producers (any thread)
     def submit_increment(self, source: str, stamp_ns: int, text: str, facts: Sequence = ()) -> None:
@@ -108,9 +119,10 @@ class FrameScheduler:
         stamp is put on this scheduler's clock first (:func:`csr_ros.core.state.stamps.on_clock`). At most
         ``control.queue_depth_per_input`` wait per source: beyond it the oldest waiting one of
         that source is dropped (coalesced, counted in ``status().increments_coalesced``)."""
-        stamp_ns, facts, moved = on_clock(int(stamp_ns), tuple(facts), self.clock_ns(), self.max_skew_ns)
+        stamp_ns, facts, moved = on_clock(int(stamp_ns), tuple(facts), self._now(), self.max_skew_ns)
+        offset = self.timeline.offset_ns  # onto the state's timeline (0 until a clock jump back)
         with self._lock:
-            self._inbox.put(str(source), stamp_ns, str(text), facts)  # bounded per source (coalescing)
+            self._inbox.put(str(source), stamp_ns + offset, str(text), shift_facts(facts, offset))  # bounded
             if moved:
                 self.counters.restamped += 1
                 first = self.counters.restamped == 1
@@ -138,7 +150,7 @@ class FrameScheduler:
                 why = f"{len(self._active)} requests already open (language.max_open_requests)"
             if not why:
                 self._active.add(rid)
-                self._asks.append((rid, q, self.clock_ns(), max(0, int(max_new_tokens)), context))
+                self._asks.append((rid, q, self.steady_ns(), max(0, int(max_new_tokens)), context))
                 return None
             self.counters.refused_requests += 1
         return LanguageOut(rid, f"refused: {why}", True, "", "refused")
@@ -149,6 +161,7 @@ class FrameScheduler:
 
     def set_serving(self, serving: bool, hold: bool = True) -> None:
         """Lifecycle: stopping arms the hold chunk (once) and cancels the open requests."""
+        now = self._now()  # outside the lock: a clock jump it reveals takes the lock
         with self._lock:
             if serving == self.serving:
                 return
@@ -156,7 +169,7 @@ class FrameScheduler:
             if serving:
                 self._next_decision_ns = None  # decide at the next frame
                 return
-            self._chunk, self._hold = None, (self._hold_chunk() if hold else None)
+            self._chunk, self._hold = None, (self._hold_chunk(now) if hold else None)
         self.cancel_all("deactivated")
 
     def cancel_all(self, reason: str, only: str | None = None) -> int:
@@ -185,8 +198,12 @@ class FrameScheduler:
     # ------------------------------------------------------------------ the worker thread
     def run_frame(self) -> list[LanguageOut]:
         """One frame (see the module doc). Never raises for a model failure."""
-        t0 = self.clock_ns()
+        t0 = self._now()
         self.calls.run()
+        with self._lock:
+            jumped, self._jumped = self._jumped, False
+        if jumped:  # the old timeline's deadlines and observation stamps mean nothing now
+            self._next_decision_ns, self._obs_stamp_ns = None, 0
         self._reconcile()
         self._append_pending()
         due = self.serving and self._policy_due(t0)
@@ -197,7 +214,7 @@ class FrameScheduler:
             outs = self._advance_language(rider)
             if rider is not None:  # the scores rode in the first language step (else: own forward)
                 self._refresh_chunk(t0, rider.scores)
-        dur = self.clock_ns() - t0
+        dur = max(0, self._now() - t0)  # 0: the clock jumped back during the frame
         self._frame_ema_ns += (dur - self._frame_ema_ns) // 8
         self.counters.frames += 1
         self.counters.last_frame_ms = dur / 1e6
@@ -256,8 +273,8 @@ class FrameScheduler:
                 self.counters.append_failures += 1
                 self._failed("append_failure", e)
                 continue
-            if eng is self.engine and out is not None:
-                self._obs_stamp_ns = max(self._obs_stamp_ns, newest or 0)
+            if eng is self.engine and out is not None and newest is not None:  # on the chunks' clock
+                self._obs_stamp_ns = max(self._obs_stamp_ns, newest - self.timeline.offset_ns)
                 if want:
                     self._hidden = out.hidden
 
@@ -308,7 +325,7 @@ class FrameScheduler:
             self.counters.policy_failures += 1
             self._failed("policy_failure", e)
             return
-        stamp = self.clock_ns()
+        stamp = self._now()
         chunk = ChunkOut(stamp, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
                          self.registry.dt_s, self.registry.horizon_steps, values, d.action,
                          stamp + self.validity_ns, False)
@@ -318,23 +335,47 @@ class FrameScheduler:
         self.counters.decisions += 1
 
     def _failed(self, kind: str, e: Exception) -> None:
-        """Report a model failure; publish the hold chunk once per failure episode."""
+        """Report a model failure; cut the current chunk (the publisher holds from its next tick)."""
         self.counters.last_error = f"{type(e).__name__}: {e}"
         self._tlog(logging.ERROR, kind, "%s: %s", kind, self.counters.last_error)
         self._event(kind, error=self.counters.last_error)
         if self._in_failure or not self.cfg.control.hold_on_failure or not self.serving:
             return
         self._in_failure = True
-        hold = self._hold_chunk()
+        hold = self._hold_chunk(self._now())
         with self._lock:
             self._chunk, self._hold = None, hold
 
-    def _hold_chunk(self) -> ChunkOut:
-        """The registry's hold chunk, stamped now (after a failure, and on deactivation)."""
-        now = self.clock_ns()
-        return ChunkOut(now, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
+    def _hold_chunk(self, now_ns: int) -> ChunkOut:
+        """The registry's hold chunk stamped ``now_ns`` (``is_hold``)."""
+        return ChunkOut(now_ns, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
                         self.registry.dt_s, self.registry.horizon_steps, self.registry.hold_chunk,
-                        self.registry.hold_name, now + self.validity_ns, True)
+                        self.registry.hold_name, now_ns + self.validity_ns, True)
+
+    # ------------------------------------------------------------------ the clock
+    def _now(self) -> int:
+        """``clock_ns()`` through the timeline; a jump back it reveals is handled here (any thread)."""
+        now, jump = self.timeline.now_ns()
+        if jump is not None:
+            self._on_jump(jump)
+        return now
+
+    def check_clock(self) -> None:
+        """Read the clock now (the node forwards its clock's jump callback here, so a jump is
+        handled when ``/clock`` delivers it, not at the next reading)."""
+        self._now()
+
+    def _on_jump(self, jump: ClockJump) -> None:
+        """A jump back: drop the current chunk (its stamps are on the old timeline; the publisher
+        holds), restart the decision grid, record the new episode segment in the ledger."""
+        text = (f"the clock jumped back {-jump.delta_ns / 1e9:.1f} s (simulator reset or bag loop): "
+                f"episode segment {jump.segment} starts; times go on from here")
+        with self._lock:
+            self.counters.clock_jumps += 1
+            self._chunk, self._hold, self._jumped = None, None, True
+            self._inbox.put(CLOCK_SOURCE, self.timeline.to_state(jump.now_ns), text, ())
+            self._events.append(SchedulerEvent("clock_jump", {"delta_ns": jump.delta_ns, "segment": jump.segment}))
+        log.warning("%s (%d jump(s) back so far)", text, self.counters.clock_jumps)
 
     def _advance_language(self, rider: ScoreRider | None = None) -> list[LanguageOut]:
         with self._lock:
@@ -359,17 +400,28 @@ class FrameScheduler:
     def chunk_for_publish(self, now_ns: int) -> ChunkOut | None:
         """What the action publisher publishes at ``now_ns`` (never blocks on the model).
 
-        The hold chunk once after a failure; else the current chunk from the step due at
-        ``now_ns`` on (time-shifted: ``stamp_ns`` moved by whole steps, earlier rows dropped);
-        None when there is none or it is past ``valid_until`` (never a stale chunk).
+        The current chunk from the step due at ``now_ns`` on (time-shifted: ``stamp_ns`` moved by
+        whole steps, earlier rows dropped); the hold chunk stamped ``now_ns`` when there is no
+        valid one (none yet; past ``valid_until``: never a stale chunk; stamped more than its
+        validity after ``now_ns``: from before a clock jump back), and the hold right after a
+        failure. Every hold counts one hold period (``holds_published``). Not serving
+        (lifecycle inactive): the hold armed at deactivation once, then None (silent).
         """
         with self._lock:
-            if self._hold is not None:
-                hold, self._hold = self._hold, None
+            hold, self._hold = self._hold, None
+            c, serving = self._chunk, self.serving
+        out = self._shifted(c, now_ns) if hold is None else None
+        if out is None and hold is None and not serving:
+            return None
+        if out is None:
+            out = hold if hold is not None else self._hold_chunk(now_ns)
+            with self._lock:
                 self.counters.holds_published += 1
-                return hold
-            c = self._chunk
-        if c is None or now_ns >= c.valid_until_ns:
+        return out
+
+    def _shifted(self, c: ChunkOut | None, now_ns: int) -> ChunkOut | None:
+        """The valid rest of ``c`` at ``now_ns``, or None."""
+        if c is None or now_ns >= c.valid_until_ns or c.stamp_ns - now_ns > self.validity_ns:
             return None
         i = max(0, (now_ns - c.stamp_ns) // self.dt_ns)
         if i == 0:
@@ -402,3 +454,8 @@ class FrameScheduler:
             self._events.clear()
         return out
 
+
+def _newest_stamp(engine) -> int | None:
+    """The newest stamp the engine's state holds (a restored ledger), or None."""
+    incs = engine.pending or engine.ledger.increments
+    return incs[-1].stamp_ns if incs else None

@@ -238,8 +238,8 @@ class LedgerStore:
         created = not self.path.exists()
         records, good, torn = read_records(self.path)
         self._restored = restore_records(records, torn)
-        self._log = AppendLog(self.path, good, ops or FileOps(), fsync, batch_period_s, clock,
-                              backlog_max_records, retry_period_s)
+        self._log_args = (ops or FileOps(), fsync, batch_period_s, clock, backlog_max_records, retry_period_s)
+        self._log = AppendLog(self.path, good, *self._log_args)
         if torn:
             log.warning("%s: dropping a torn last record (%d bytes)", self.path, torn)
             self._log.counters.torn_records_dropped, self._log.counters.torn_bytes_dropped = 1, torn
@@ -344,18 +344,15 @@ class LedgerStore:
         never deleted) and start a new, empty one in its place (:meth:`begin` must follow).
         Returns the archive's path."""
         with self._lock:
-            if self._fd < 0:
+            if self._log.closed:
                 raise ValueError(f"ledger store {self.path} is closed")
-            if self.fsync != "never":
-                os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = -1
+            self._log.close()  # a final fsync (and a last try of any held records)
             stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
             dest, n = self.dir / f"ledger.{stamp}.csrl", 1
             while dest.exists():
                 dest, n = self.dir / f"ledger.{stamp}.{n}.csrl", n + 1
             os.rename(self.path, dest)
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._log = AppendLog(self.path, 0, *self._log_args)
             self._fsync_dir()
             self._restored, self._has_header, self._epoch_written = None, False, False
         return dest

@@ -150,6 +150,8 @@ class ServerHealth:
 
     def _set(self, url: str, state: str) -> None:
         with self._lock:
+            if self._state[url] == UP and state != UP:
+                self._since[url] = self.clock()
             self._state[url] = state
             self._c.servers_away = sum(s != UP for s in self._state.values())
 
@@ -182,9 +184,9 @@ class ServerHealth:
                 elif seen == "restarted":
                     with self._lock:
                         self._c.restarts_detected += 1
-                    log.warning("serving engine %s restarted (its connection dropped): re-warming it", url)
-                    self._set(url, REWARMING)
-                    self._set(url, UP if self._rewarm(url) else AWAY)
+                    log.info("serving engine %s dropped its connection (a restart, or its keep-alive limit): "
+                             "re-warming it while it serves", url)
+                    self._rewarm(url)  # stays up: after a false alarm the re-warm is a prefix hit
                 continue
             if seen == AWAY:
                 if url not in self._failed_over and self.failover(url):
