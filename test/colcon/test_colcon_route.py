@@ -3,8 +3,8 @@ clone into a workspace, ``colcon build``, ``source install/setup.bash``, start t
 ``csr_node`` with no arguments, ``colcon test``.
 
 Deselected by default (marker ``colcon``): CI runs it in its own step (`.ci/run`), ``pytest -m
-colcon``. Cost on 2 cores (measured under the CPU lock): the build ~40 s, the node's start ~10 s,
-``colcon test`` (the whole suite, as a user on a ROS machine runs it) ~2 min; colcon's own venv
+colcon``. Cost on 2 cores (measured under the CPU lock): the build 21-49 s, the node's start ~8 s,
+``colcon test`` (the whole suite, as a user on a ROS machine runs it) 2-4 min; colcon's own venv
 is made once (~35 s). With ``CSR_COLCON_JSON=<path>`` the measured times are written there.
 """
 
