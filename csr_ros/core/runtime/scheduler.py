@@ -39,6 +39,7 @@ from collections import deque
 from typing import Callable, Sequence
 
 from csr_ros.core.runtime.actions import ActionRegistry, registry_from_config
+from csr_ros.core.runtime.chunk_slot import ChunkSlot
 from csr_ros.core.reconcile.hot_path import gate_of
 from csr_ros.core.runtime.intake import (CoalescingInbox, ThrottledLog, has_control_chars, printable_id,
                                  request_refusal)
@@ -103,8 +104,7 @@ class FrameScheduler:
         self._accepted: list[Increment] = []
         self._events: deque[SchedulerEvent] = deque(maxlen=256)  # undrained: the oldest go
         self._instruction = c.default_instruction
-        self._chunk: ChunkOut | None = None
-        self._hold: ChunkOut | None = None
+        self.slot = ChunkSlot(self._hold_chunk, self.dt_ns, self.validity_ns)  # worker -> action clock
         # worker-only state
         self._hidden = None
         self._obs_stamp_ns = 0
@@ -169,7 +169,7 @@ class FrameScheduler:
             if serving:
                 self._next_decision_ns = None  # decide at the next frame
                 return
-            self._chunk, self._hold = None, (self._hold_chunk(now) if hold else None)
+            self.slot.drop(self._hold_chunk(now) if hold else None)
         self.cancel_all("deactivated")
 
     def cancel_all(self, reason: str, only: str | None = None) -> int:
@@ -285,7 +285,7 @@ class FrameScheduler:
         the current chunk runs out before the next frame could refresh it. Deadlines sit on a
         fixed grid of ``policy_period_s``, so frames that do not divide the period still give
         exactly 1 / policy_period_s decisions on average."""
-        chunk = self._chunk
+        chunk = self.slot.current
         if self._next_decision_ns is None or chunk is None:
             return True
         frame_ns = max(self.frame_period_ns, self._frame_ema_ns)
@@ -329,8 +329,7 @@ class FrameScheduler:
         chunk = ChunkOut(stamp, self._obs_stamp_ns, self.engine.ledger.version, self.registry.names,
                          self.registry.dt_s, self.registry.horizon_steps, values, d.action,
                          stamp + self.validity_ns, False)
-        with self._lock:
-            self._chunk, self._hold = chunk, None
+        self.slot.put(chunk)
         self._in_failure = False
         self.counters.decisions += 1
 
@@ -342,9 +341,7 @@ class FrameScheduler:
         if self._in_failure or not self.cfg.control.hold_on_failure or not self.serving:
             return
         self._in_failure = True
-        hold = self._hold_chunk(self._now())
-        with self._lock:
-            self._chunk, self._hold = None, hold
+        self.slot.drop(self._hold_chunk(self._now()))
 
     def _hold_chunk(self, now_ns: int) -> ChunkOut:
         """The registry's hold chunk stamped ``now_ns`` (``is_hold``)."""
@@ -372,7 +369,8 @@ class FrameScheduler:
                 f"episode segment {jump.segment} starts; times go on from here")
         with self._lock:
             self.counters.clock_jumps += 1
-            self._chunk, self._hold, self._jumped = None, None, True
+            self._jumped = True
+            self.slot.drop()
             self._inbox.put(CLOCK_SOURCE, self.timeline.to_state(jump.now_ns), text, ())
             self._events.append(SchedulerEvent("clock_jump", {"delta_ns": jump.delta_ns, "segment": jump.segment}))
         log.warning("%s (%d jump(s) back so far)", text, self.counters.clock_jumps)
@@ -407,29 +405,11 @@ class FrameScheduler:
         failure. Every hold counts one hold period (``holds_published``). Not serving
         (lifecycle inactive): the hold armed at deactivation once, then None (silent).
         """
-        with self._lock:
-            hold, self._hold = self._hold, None
-            c, serving = self._chunk, self.serving
-        out = self._shifted(c, now_ns) if hold is None else None
-        if out is None and hold is None and not serving:
-            return None
-        if out is None:
-            out = hold if hold is not None else self._hold_chunk(now_ns)
+        out = self.slot.for_publish(now_ns, self.serving)
+        if out is not None and out.is_hold:
             with self._lock:
                 self.counters.holds_published += 1
         return out
-
-    def _shifted(self, c: ChunkOut | None, now_ns: int) -> ChunkOut | None:
-        """The valid rest of ``c`` at ``now_ns``, or None."""
-        if c is None or now_ns >= c.valid_until_ns or c.stamp_ns - now_ns > self.validity_ns:
-            return None
-        i = max(0, (now_ns - c.stamp_ns) // self.dt_ns)
-        if i == 0:
-            return c
-        if i >= c.horizon:
-            return None
-        d = len(c.names)
-        return dataclasses.replace(c, stamp_ns=c.stamp_ns + i * self.dt_ns, horizon=c.horizon - i, data=c.data[i * d:])
 
     def status(self) -> StatusOut:
         e, ec, sc, r = self.engine, self.engine.counters, self.counters, self.reconciler
