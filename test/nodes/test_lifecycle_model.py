@@ -46,8 +46,11 @@ def test_real_model_lifecycle_same_answers_and_memory_back_after_cleanup(ros_dom
     from csr_ros.core.state.heap import release_free_memory
     from csr_ros.msg import Utterance
 
+    # fp32, the reference weights: the int4 CPU default computes in bf16 kernels, and a greedy
+    # near-tie can flip between batch compositions (action vs topic vs a lone engine call); the
+    # quantized path's own oracle is test/core/test_quant.py
     g = InProcessGraph(ros_domain_id, "model.backend:=hf", "model.model:=embedded", "model.device:=cpu",
-                       "budget.budget_tokens:=2048", f"ledger.dir:={tmp_path}")
+                       "model.weights:=fp32", "budget.budget_tokens:=2048", f"ledger.dir:={tmp_path}")
     try:
         release_free_memory()
         before = _rss_mib()
