@@ -70,8 +70,10 @@ def resolve_file(path: str, default: str | Path) -> Path:
 def import_root() -> Path:
     """The folder the running ``csr_ros`` package was imported from (``site-packages`` when
     installed, a checkout when run from one): what a child process needs on its path to run
-    the same code."""
-    return Path(__file__).resolve().parents[1]
+    the same code (the parent of the package folder the import system found first)."""
+    import csr_ros
+
+    return Path(next(iter(csr_ros.__path__))).resolve().parent
 
 
 def child_env(base: dict[str, str] | None = None, **extra: str) -> dict[str, str]:

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
+from kv_oracle import fresh_logits, greedy_fresh, ids
+
 pytestmark = pytest.mark.core
 ATOL = 1e-4  # fp32 logits; observed differences are ~1e-6
-
-
-def ids(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, 500) for _ in range(n)]
-
-
-def fresh_logits(be, seq: list[int]) -> torch.Tensor:
-    """Reference: one forward over the whole sequence, no cache, default attention."""
-    with torch.inference_mode():
-        return be.model(torch.tensor([seq])).logits[0].float()
-
-
-def greedy_fresh(be, seq: list[int], n: int) -> list[int]:
-    out, cur = [], list(seq)
-    for _ in range(n):
-        tok = int(fresh_logits(be, cur)[-1].argmax())
-        out.append(tok)
-        cur.append(tok)
-    return out
 
 
 def test_incremental_appends_equal_fresh_prefill(tiny, tiny_ref):

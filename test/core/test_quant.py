@@ -4,10 +4,10 @@ scheme that cannot run falls back to fp32. ~3 s on 2 cores."""
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
+
+from kv_oracle import fresh_logits, greedy_fresh, ids
 
 from csr_ros.core.model import quant
 
@@ -19,25 +19,6 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Logits of the same quantized weights through different forward splits agree within
     ``REL`` of the largest logit (observed: 0 or one bf16 step)."""
     return float((a - b).abs().max()) <= REL * float(b.abs().max())
-
-
-def ids(n: int, seed: int) -> list[int]:
-    rng = random.Random(seed)
-    return [rng.randrange(3, 500) for _ in range(n)]
-
-
-def fresh_logits(be, seq: list[int]) -> torch.Tensor:
-    """One forward over the whole sequence, no cache (same quantized model)."""
-    with torch.inference_mode():
-        return be.model(torch.tensor([seq])).logits[0].float()
-
-
-def greedy_fresh(be, seq: list[int], n: int) -> list[int]:
-    out, cur = [], list(seq)
-    for _ in range(n):
-        out.append(int(fresh_logits(be, cur)[-1].argmax()))
-        cur.append(out[-1])
-    return out
 
 
 @pytest.fixture(scope="module", params=["int4", "int8"])
