@@ -113,15 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 def _without_ros_args(argv: list[str]) -> list[str]:
     """``argv`` without ``--ros-args ... [--]`` sections (launch_ros always appends one; rclpy
     reads them from sys.argv itself)."""
-    out, in_ros = [], False
-    for a in argv:
-        if a == "--ros-args":
-            in_ros = True
-        elif in_ros and a == "--":
-            in_ros = False
-        elif not in_ros:
-            out.append(a)
-    return out
+    from csr_ros.core.config import split_ros_args
+
+    return split_ros_args(argv)[0]
 
 
 def replay_main() -> int:

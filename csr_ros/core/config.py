@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import yaml
 
@@ -167,3 +167,17 @@ def load_params_file(path: str | Path, node_name: str | None = None) -> dict[str
         else:
             merged[key] = val
     return merged
+
+
+def split_ros_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``(plain, ros)``: the arguments outside and inside ``--ros-args ... [--]`` sections (where
+    rcl reads its options; the markers themselves are in neither)."""
+    plain, ros, inside = [], [], False
+    for a in argv:
+        if a == "--ros-args":
+            inside = True
+        elif inside and a == "--":
+            inside = False
+        else:
+            (ros if inside else plain).append(a)
+    return plain, ros

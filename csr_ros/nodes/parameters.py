@@ -28,7 +28,8 @@ from rclpy.exceptions import (InvalidParameterTypeException, InvalidParameterVal
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from csr_ros.core.config import ConfigError, CsrConfig, ParamSpec, load_config, param_table, validate
+from csr_ros.core.config import (ConfigError, CsrConfig, ParamSpec, load_config, param_table, split_ros_args,
+                                 validate)
 from csr_ros.nodes.serializers import DEFAULT_SERIALIZER, SERIALIZERS, Field, build_serializer
 
 _ROS_TYPES = {
@@ -216,23 +217,10 @@ def with_default_params_file(args: Sequence[str]) -> list[str]:
     from csr_ros.share import shipped
 
     args = list(args)
-    if "--params-file" in _ros_section(args):
+    if "--params-file" in split_ros_args(args)[1]:
         return args
     default = ["--params-file", str(shipped(DEFAULT_PARAMS_FILE))]
     if "--ros-args" not in args:
         return [*args, "--ros-args", *default]
     at = args.index("--ros-args") + 1
     return [*args[:at], *default, *args[at:]]
-
-
-def _ros_section(args: list[str]) -> list[str]:
-    """The arguments inside ``--ros-args ... [--]`` sections (where rcl reads its options)."""
-    out, inside = [], False
-    for a in args:
-        if a == "--ros-args":
-            inside = True
-        elif a == "--" and inside:
-            inside = False
-        elif inside:
-            out.append(a)
-    return out
